@@ -1,0 +1,66 @@
+//! Kernel counters: a per-CPU array of `u64`, one slot per [`Counter`].
+
+/// Slots of the per-CPU counter map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets the program saw.
+    Packets = 0,
+    /// TCP segments to a watched port whose payload starts an HTTP/1.x request.
+    HttpRequests = 1,
+    /// `Authorization: Bearer` tokens hashed.
+    BearerTokens = 2,
+    /// API-key header values hashed.
+    ApiKeys = 3,
+    /// Tokens found in the revoked map (live entries only).
+    RevokedHits = 4,
+    /// Requests dropped.
+    Dropped = 5,
+    /// Requests turned into a TCP reset.
+    Reset = 6,
+    /// Requests observed and passed.
+    Observed = 7,
+    /// Tokens not checked: the token ran past the packet or the scan limit (fail open).
+    Skipped = 8,
+    /// Revoked entries found but already expired (ignored).
+    ExpiredIgnored = 9,
+    /// `reset` hits whose connection was already gone: passed so the stack answers with a reset.
+    ResetNoSocket = 10,
+}
+
+/// Number of counter slots.
+pub const COUNTER_SLOTS: u32 = 16;
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; 11] = [
+        Counter::Packets,
+        Counter::HttpRequests,
+        Counter::BearerTokens,
+        Counter::ApiKeys,
+        Counter::RevokedHits,
+        Counter::Dropped,
+        Counter::Reset,
+        Counter::Observed,
+        Counter::Skipped,
+        Counter::ExpiredIgnored,
+        Counter::ResetNoSocket,
+    ];
+
+    /// Stable snake_case name used in status output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Packets => "packets",
+            Counter::HttpRequests => "http_requests",
+            Counter::BearerTokens => "bearer_tokens",
+            Counter::ApiKeys => "api_keys",
+            Counter::RevokedHits => "revoked_hits",
+            Counter::Dropped => "dropped",
+            Counter::Reset => "reset",
+            Counter::Observed => "observed",
+            Counter::Skipped => "skipped",
+            Counter::ExpiredIgnored => "expired_ignored",
+            Counter::ResetNoSocket => "reset_no_socket",
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Hit events the kernel sends to the agent through the ring buffer.
+
+/// A revoked token seen by the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HitEvent {
+    /// CLOCK_REALTIME in ns (derived from boot time plus the configured offset).
+    pub time_ns: u64,
+    /// Keyed hash of the token.
+    pub token_hash: u64,
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    /// The [`crate::config::Action`] taken; `ResetNoSocket` is reported as [`HIT_PASSED_TO_STACK`].
+    pub action: u32,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// [`crate::config::NEEDLE_BEARER`] or [`crate::config::NEEDLE_RAW`].
+    pub token_kind: u8,
+    /// Source port, host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// Reserved.
+    pub _pad: u16,
+    /// Source address (IPv4 in the first four bytes).
+    pub saddr: [u8; 16],
+    /// Destination address (IPv4 in the first four bytes).
+    pub daddr: [u8; 16],
+}
+
+/// Action value for a `reset` hit on a connection that no longer existed: the segment was passed
+/// and the local stack answered it with a reset.
+pub const HIT_PASSED_TO_STACK: u32 = 4;
+
+#[cfg(feature = "user")]
+mod user {
+    unsafe impl aya::Pod for super::HitEvent {}
+}
