@@ -48,4 +48,6 @@ pub mod program_names {
     pub const XDP: &str = "tokenwall_xdp";
     /// The TC ingress classifier.
     pub const TC: &str = "tokenwall_tc";
+    /// An XDP program that only passes: the benchmark baseline.
+    pub const BASELINE: &str = "tokenwall_baseline";
 }

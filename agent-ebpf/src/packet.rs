@@ -1,0 +1,355 @@
+//! Header parsing shared by the XDP and TC programs, and the per-hook packet operations.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
+    helpers::generated::{
+        bpf_csum_level, bpf_sk_lookup_tcp, bpf_sk_release, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_pull_data, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes,
+    },
+    programs::{TcContext, XdpContext},
+};
+use core::{ffi::c_void, mem::size_of};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const TCP_LISTEN: u32 = 10;
+/// `BPF_CSUM_LEVEL_RESET`: mark the skb CHECKSUM_NONE so the stack checks our checksum.
+const BPF_CSUM_LEVEL_RESET: u64 = 3;
+/// Bytes of headers the TC program needs in the linear area.
+const TC_PULL: u32 = 160;
+
+/// A TCP segment to a watched port, as located in the packet.
+pub struct Flow {
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the TCP header.
+    pub l4: usize,
+    /// TCP header length in bytes.
+    pub tcp_len: usize,
+    /// Offset of the TCP payload.
+    pub payload: usize,
+    /// TCP payload length according to the IP header.
+    pub payload_len: u32,
+    /// IPv6 rather than IPv4.
+    pub v6: bool,
+    /// Source address, network order (IPv4 in word 0).
+    pub saddr: [u32; 4],
+    /// Destination address, network order (IPv4 in word 0).
+    pub daddr: [u32; 4],
+    /// Source port, network order.
+    pub sport: u16,
+    /// Destination port, network order.
+    pub dport: u16,
+}
+
+/// What differs between the hooks: context access, payload copy, reset rewrite.
+pub trait Packet {
+    /// The aya context (for logging).
+    type Ctx: EbpfContext;
+    /// The aya context.
+    fn ctx(&self) -> &Self::Ctx;
+    /// Start of the directly readable packet bytes.
+    fn data(&self) -> usize;
+    /// End of the directly readable packet bytes.
+    fn data_end(&self) -> usize;
+    /// Interface index of the receiving device.
+    fn ifindex(&self) -> u32;
+    /// Copies `len` packet bytes at `off` to `dst`; false on failure.
+    fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool;
+    /// Makes the headers readable (TC pulls them into the linear area).
+    fn prepare(&self) {}
+    /// Cuts the packet after the TCP header; false on failure.
+    fn trim_payload(&self, flow: &Flow) -> bool;
+    /// Called after the headers were rewritten.
+    fn rewritten(&self) {}
+}
+
+/// The XDP hook.
+pub struct XdpPacket<'a>(pub &'a XdpContext);
+
+impl Packet for XdpPacket<'_> {
+    type Ctx = XdpContext;
+    fn ctx(&self) -> &XdpContext {
+        self.0
+    }
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        unsafe { core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize }
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.0.ctx).ingress_ifindex }
+    }
+    #[inline(always)]
+    fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        unsafe { bpf_xdp_load_bytes(self.0.ctx, off, dst as *mut c_void, len) == 0 }
+    }
+    #[inline(always)]
+    fn trim_payload(&self, flow: &Flow) -> bool {
+        let total = unsafe { bpf_xdp_get_buff_len(self.0.ctx) } as usize;
+        if total <= flow.payload {
+            return true;
+        }
+        let cut = (total - flow.payload) as i32;
+        unsafe { bpf_xdp_adjust_tail(self.0.ctx, -cut) == 0 }
+    }
+}
+
+/// The TC ingress hook.
+pub struct TcPacket<'a>(pub &'a TcContext);
+
+impl Packet for TcPacket<'_> {
+    type Ctx = TcContext;
+    fn ctx(&self) -> &TcContext {
+        self.0
+    }
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).data_end) as usize }
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.0.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        unsafe { bpf_skb_load_bytes(self.0.skb.skb as *const c_void, off, dst as *mut c_void, len) == 0 }
+    }
+    #[inline(always)]
+    fn prepare(&self) {
+        let len = self.0.len();
+        let want = if len < TC_PULL { len } else { TC_PULL };
+        if self.data_end() - self.data() < want as usize {
+            unsafe { bpf_skb_pull_data(self.0.skb.skb, want) };
+        }
+    }
+    #[inline(always)]
+    fn trim_payload(&self, flow: &Flow) -> bool {
+        unsafe { bpf_skb_change_tail(self.0.skb.skb, flow.payload as u32, 0) == 0 }
+    }
+    #[inline(always)]
+    fn rewritten(&self) {
+        unsafe { bpf_csum_level(self.0.skb.skb, BPF_CSUM_LEVEL_RESET) };
+    }
+}
+
+/// A checked pointer to a `T` at `off`. `data_end` is re-read (volatile) for every check, so
+/// LLVM cannot drop a check as implied by an earlier one: the verifier could not follow that.
+#[inline(always)]
+fn ptr_at<T, P: Packet>(pkt: &P, off: usize) -> Option<*mut T> {
+    let data = pkt.data();
+    if data + off + size_of::<T>() > pkt.data_end() {
+        return None;
+    }
+    Some((data + off) as *mut T)
+}
+
+#[inline(always)]
+fn be16<P: Packet>(pkt: &P, off: usize) -> Option<u16> {
+    ptr_at::<u16, P>(pkt, off).map(|p| u16::from_be(unsafe { p.read_unaligned() }))
+}
+
+#[inline(always)]
+fn byte<P: Packet>(pkt: &P, off: usize) -> Option<u8> {
+    ptr_at::<u8, P>(pkt, off).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn word<P: Packet>(pkt: &P, off: usize) -> Option<u32> {
+    ptr_at::<u32, P>(pkt, off).map(|p| unsafe { p.read_unaligned() })
+}
+
+/// Parses Ethernet (one 802.1Q/802.1ad tag), IPv4 (options; fragments pass) or IPv6 (no
+/// extension headers), and TCP with data; anything else is `None` and passes untouched.
+#[inline(always)]
+pub fn parse<P: Packet>(pkt: &P) -> Option<Flow> {
+    let mut l3 = ETH_HLEN;
+    let mut proto = be16(pkt, 12)?;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = be16(pkt, 16)?;
+        l3 += 4;
+    }
+    let mut flow = Flow {
+        l3,
+        l4: 0,
+        tcp_len: 0,
+        payload: 0,
+        payload_len: 0,
+        v6: false,
+        saddr: [0; 4],
+        daddr: [0; 4],
+        sport: 0,
+        dport: 0,
+    };
+    let ip_payload: usize;
+    if proto == ETH_P_IP {
+        let vihl = byte(pkt, l3)?;
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if vihl >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        let total = be16(pkt, l3 + 2)? as usize;
+        let frag = be16(pkt, l3 + 6)?;
+        if frag & 0x3fff != 0 || byte(pkt, l3 + 9)? != IPPROTO_TCP || total < ihl {
+            return None;
+        }
+        flow.saddr[0] = word(pkt, l3 + 12)?;
+        flow.daddr[0] = word(pkt, l3 + 16)?;
+        flow.l4 = l3 + ihl;
+        ip_payload = total - ihl;
+    } else if proto == ETH_P_IPV6 {
+        if byte(pkt, l3)? >> 4 != 6 || byte(pkt, l3 + 6)? != IPPROTO_TCP {
+            return None;
+        }
+        for i in 0..4 {
+            flow.saddr[i] = word(pkt, l3 + 8 + 4 * i)?;
+            flow.daddr[i] = word(pkt, l3 + 24 + 4 * i)?;
+        }
+        flow.v6 = true;
+        flow.l4 = l3 + 40;
+        ip_payload = be16(pkt, l3 + 4)? as usize;
+    } else {
+        return None;
+    }
+    let l4 = flow.l4;
+    flow.sport = unsafe { ptr_at::<u16, P>(pkt, l4)?.read_unaligned() };
+    flow.dport = unsafe { ptr_at::<u16, P>(pkt, l4 + 2)?.read_unaligned() };
+    let tcp_len = ((byte(pkt, l4 + 12)? >> 4) as usize) * 4;
+    let flags = byte(pkt, l4 + 13)?;
+    if tcp_len < 20 || flags & (TCP_SYN | TCP_RST) != 0 || ip_payload <= tcp_len {
+        return None;
+    }
+    flow.tcp_len = tcp_len;
+    flow.payload = l4 + tcp_len;
+    flow.payload_len = (ip_payload - tcp_len) as u32;
+    Some(flow)
+}
+
+/// Whether the local stack still has a connection for this segment (not just a listener).
+#[inline(always)]
+pub fn connection_exists<P: Packet>(pkt: &P, flow: &Flow) -> bool {
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let ctx = pkt.ctx().as_ptr();
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    let sk = unsafe {
+        if flow.v6 {
+            tuple.__bindgen_anon_1.ipv6.saddr = flow.saddr;
+            tuple.__bindgen_anon_1.ipv6.daddr = flow.daddr;
+            tuple.__bindgen_anon_1.ipv6.sport = flow.sport;
+            tuple.__bindgen_anon_1.ipv6.dport = flow.dport;
+            bpf_sk_lookup_tcp(ctx, &mut tuple, 36, netns, 0)
+        } else {
+            tuple.__bindgen_anon_1.ipv4.saddr = flow.saddr[0];
+            tuple.__bindgen_anon_1.ipv4.daddr = flow.daddr[0];
+            tuple.__bindgen_anon_1.ipv4.sport = flow.sport;
+            tuple.__bindgen_anon_1.ipv4.dport = flow.dport;
+            bpf_sk_lookup_tcp(ctx, &mut tuple, 12, netns, 0)
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    let state = unsafe { (*sk).state };
+    unsafe { bpf_sk_release(sk as *mut c_void) };
+    state != TCP_LISTEN
+}
+
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Sums `len` bytes (even, at most 60) at `off` as big-endian 16-bit words.
+#[inline(always)]
+fn sum_words<P: Packet>(pkt: &P, off: usize, len: usize) -> Option<u64> {
+    let mut sum = 0u64;
+    for i in 0..30 {
+        if i * 2 >= len {
+            break;
+        }
+        sum += be16(pkt, off + i * 2)? as u64;
+    }
+    Some(sum)
+}
+
+/// Turns the request segment into a bare RST|ACK with the same sequence numbers, so the local
+/// stack resets the connection and the gateway never reads the request.
+#[inline(always)]
+pub fn rewrite_to_reset<P: Packet>(pkt: &P, flow: &Flow) -> bool {
+    if !pkt.trim_payload(flow) {
+        return false;
+    }
+    let (l3, l4, tcp_len) = (flow.l3, flow.l4, flow.tcp_len & 0x3c);
+    let Some(tcp) = ptr_at::<[u8; 20], P>(pkt, l4) else {
+        return false;
+    };
+    unsafe {
+        (*tcp)[13] = TCP_RST | TCP_ACK;
+        (*tcp)[14] = 0; // window
+        (*tcp)[15] = 0;
+        (*tcp)[16] = 0; // checksum, filled below
+        (*tcp)[17] = 0;
+        (*tcp)[18] = 0; // urgent pointer
+        (*tcp)[19] = 0;
+    }
+    let mut pseudo: u64 = IPPROTO_TCP as u64 + tcp_len as u64;
+    for i in 0..4 {
+        if i == 1 && !flow.v6 {
+            break;
+        }
+        pseudo += (u32::from_be(flow.saddr[i]) >> 16) as u64 + (u32::from_be(flow.saddr[i]) & 0xffff) as u64;
+        pseudo += (u32::from_be(flow.daddr[i]) >> 16) as u64 + (u32::from_be(flow.daddr[i]) & 0xffff) as u64;
+    }
+    if flow.v6 {
+        let Some(plen) = ptr_at::<u16, P>(pkt, l3 + 4) else {
+            return false;
+        };
+        unsafe { *plen = (tcp_len as u16).to_be() };
+    } else {
+        let Some(ihl) = byte(pkt, l3) else {
+            return false;
+        };
+        let ihl = ((ihl & 0x0f) as usize) * 4;
+        let (Some(tot), Some(check)) = (ptr_at::<u16, P>(pkt, l3 + 2), ptr_at::<u16, P>(pkt, l3 + 10)) else {
+            return false;
+        };
+        unsafe {
+            *tot = ((ihl + tcp_len) as u16).to_be();
+            *check = 0;
+        }
+        let Some(sum) = sum_words(pkt, l3, ihl) else {
+            return false;
+        };
+        unsafe { *check = fold(sum).to_be() };
+    }
+    let Some(sum) = sum_words(pkt, l4, tcp_len) else {
+        return false;
+    };
+    let Some(check) = ptr_at::<u16, P>(pkt, l4 + 16) else {
+        return false;
+    };
+    unsafe { *check = fold(sum + pseudo).to_be() };
+    pkt.rewritten();
+    true
+}

@@ -1,0 +1,148 @@
+//! Control-socket protocol: one JSON request per line, answered by one JSON line (or, for
+//! `events`, a stream of lines). The same types back the CLI.
+
+use serde::{Deserialize, Serialize};
+
+/// How a client names a token: the plaintext (sent only over the 0600 socket, never stored or
+/// logged) or its keyed hash.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRef {
+    /// The token itself.
+    Token(String),
+    /// The keyed hash, as 16 hex digits.
+    Hash(String),
+}
+
+/// A request on the control socket.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Revoke a token until `until` (unix seconds; default: the JWT's `exp` plus a margin, else never).
+    Revoke {
+        /// Which token.
+        token: TokenRef,
+        /// Unix seconds after which the revocation lapses.
+        until: Option<u64>,
+        /// Why.
+        reason: Option<String>,
+        /// The token is an API key.
+        #[serde(default)]
+        api_key: bool,
+    },
+    /// Lift a revocation.
+    Unrevoke {
+        /// Which token.
+        token: TokenRef,
+        /// Why.
+        reason: Option<String>,
+    },
+    /// Daemon, kernel and store status.
+    Status,
+    /// Stream hit events.
+    Events,
+    /// Remove the attachments of an interface.
+    Detach {
+        /// Interface name.
+        iface: String,
+    },
+    /// The fingerprint of a token under this host's key.
+    Fingerprint {
+        /// Which token.
+        token: TokenRef,
+    },
+}
+
+/// Result of a revoke or unrevoke.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevokeReply {
+    /// Fingerprint (keyed hash) of the token.
+    pub fingerprint: String,
+    /// Whether the state changed (newly revoked / actually unrevoked).
+    pub changed: bool,
+    /// Unix seconds when the revocation lapses; 0 = never.
+    pub expires_at: u64,
+    /// Whether the kernel map now holds the entry (revoke) or no longer does (unrevoke).
+    pub in_kernel: bool,
+}
+
+/// One attachment in a status reply.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachmentInfo {
+    /// Interface name.
+    pub iface: String,
+    /// `xdp`, `xdp-generic` or `tc`.
+    pub hook: String,
+}
+
+/// Reply to `status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusReply {
+    /// Daemon version.
+    pub version: String,
+    /// Attached interfaces and hooks.
+    pub attachments: Vec<AttachmentInfo>,
+    /// `drop`, `reset` or `observe`.
+    pub action: String,
+    /// Watched ports.
+    pub ports: Vec<u16>,
+    /// Kernel counters summed over CPUs.
+    pub counters: serde_json::Map<String, serde_json::Value>,
+    /// Live revocations in the store.
+    pub revoked_entries: usize,
+    /// Entries in the kernel map.
+    pub kernel_entries: usize,
+    /// Size of the revocation log in bytes.
+    pub store_bytes: u64,
+    /// State directory.
+    pub state_dir: String,
+    /// bpffs pin directory.
+    pub bpffs: String,
+}
+
+/// A hit event as streamed to clients.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventLine {
+    /// RFC 3339 time of the hit.
+    pub time: String,
+    /// Token fingerprint.
+    pub fingerprint: String,
+    /// `bearer` or `api_key`.
+    pub kind: String,
+    /// `drop`, `reset`, `observe` or `passed_to_stack`.
+    pub action: String,
+    /// Interface name (or index when unknown).
+    pub iface: String,
+    /// Client address and port.
+    pub source: String,
+    /// Server address and port.
+    pub destination: String,
+}
+
+/// Envelope of every reply line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// One-line error when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Reply {
+    /// A successful reply carrying `data`.
+    pub fn ok<T: Serialize>(data: &T) -> Self {
+        match serde_json::to_value(data) {
+            Ok(v) => Self { ok: true, error: None, data: Some(v) },
+            Err(e) => Self::err(format!("encoding reply: {e}")),
+        }
+    }
+
+    /// A failed reply.
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self { ok: false, error: Some(msg.into()), data: None }
+    }
+}

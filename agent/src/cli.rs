@@ -1,0 +1,264 @@
+//! Command-line interface (clap derive). Argument errors are reported on one line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::kernel::Hook;
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/tokenwall/control.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tokenwall";
+/// Default bpffs pin directory.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/tokenwall";
+
+/// eBPF-accelerated enforcement of revoked bearer tokens.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwall", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: load or reuse the kernel programs, attach, serve the control socket.
+    Run(RunArgs),
+    /// Revoke a token (durable and in the kernel before this returns).
+    Revoke(RevokeArgs),
+    /// Lift a revocation.
+    Unrevoke(UnrevokeArgs),
+    /// Show attachments, counters and store size.
+    Status(ClientArgs),
+    /// Stream kernel hit events as JSON lines.
+    Events(ClientArgs),
+    /// Print a token's fingerprint under this host's key.
+    Fingerprint(FingerprintArgs),
+    /// Remove enforcement from an interface, with its pins.
+    Detach(DetachArgs),
+}
+
+/// What the kernel does with a revoked token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ActionArg {
+    /// Drop the request segment (the client hangs until it times out).
+    Drop,
+    /// Turn the request into a TCP reset toward the gateway; the client gets a reset.
+    Reset,
+    /// Count and report only.
+    Observe,
+}
+
+/// Options of every client command.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// Control socket of the daemon.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tokenwall run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to enforce on (repeatable).
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+    /// Hook: native XDP, generic XDP, or TC ingress.
+    #[arg(long, value_enum, default_value = "xdp")]
+    pub hook: Hook,
+    /// TCP destination port to inspect (repeatable, at most 16).
+    #[arg(long = "port", value_name = "N", default_values_t = [80u16], value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Action on a revoked token.
+    #[arg(long, value_enum, default_value = "reset")]
+    pub action: ActionArg,
+    /// Durable state: hash key and revocation log.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Control socket to serve.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Header carrying API keys (matched like the bearer token, without a scheme).
+    #[arg(long, value_name = "NAME")]
+    pub api_key_header: Option<String>,
+}
+
+/// Which token: exactly one of the three.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct TokenArgs {
+    /// Read the token from standard input (`-`); never pass a token as an argument.
+    #[arg(long, value_name = "-", value_parser = stdin_marker)]
+    pub token: Option<String>,
+    /// Read the token from a file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The token's fingerprint (keyed hash, 16 hex digits).
+    #[arg(long, value_name = "HEX")]
+    pub hash: Option<String>,
+}
+
+/// `tokenwall revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Which token.
+    #[command(flatten)]
+    pub which: TokenArgs,
+    /// When the revocation lapses: unix seconds, RFC 3339, or a duration (`12h`). Default: a
+    /// JWT's `exp` plus 5 minutes, otherwise never.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Why (kept in the store).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// The token is an API key.
+    #[arg(long)]
+    pub api_key: bool,
+    /// Client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `tokenwall unrevoke`.
+#[derive(Debug, Args)]
+pub struct UnrevokeArgs {
+    /// Which token.
+    #[command(flatten)]
+    pub which: TokenArgs,
+    /// Why (kept in the store).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `tokenwall fingerprint`.
+#[derive(Debug, Args)]
+pub struct FingerprintArgs {
+    /// Which token.
+    #[command(flatten)]
+    pub which: TokenArgs,
+    /// Client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `tokenwall detach`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Interface to detach.
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// bpffs directory (used when no daemon is running).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Accepts only `-` for `--token`, without echoing anything else (it may be a real token).
+fn stdin_marker(v: &str) -> Result<String, &'static str> {
+    if v == "-" {
+        Ok(v.to_string())
+    } else {
+        Err("takes '-' and reads the token from standard input (tokens are never accepted as arguments)")
+    }
+}
+
+/// Parses arguments; on an error returns the exit code and a one-line message (help and
+/// version output are returned whole, with exit code 0).
+pub fn parse<I, T>(args: I) -> Result<Cli, (i32, String)>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args).map_err(|e| {
+        use clap::error::ErrorKind::*;
+        match e.kind() {
+            DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => (0, e.to_string()),
+            // Never echo what was given to --token: it may be a real token.
+            ValueValidation
+                if e
+                    .get(clap::error::ContextKind::InvalidArg)
+                    .is_some_and(|a| a.to_string().starts_with("--token ")) =>
+            {
+                (2, "tokenwall: --token takes '-' and reads the token from standard input (tokens are never accepted as arguments)".to_string())
+            }
+            _ => {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+                (2, format!("tokenwall: {first} (see tokenwall --help)"))
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(args: &[&str]) -> (i32, String) {
+        let mut v = vec!["tokenwall"];
+        v.extend_from_slice(args);
+        parse(v).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn bad_arguments_give_one_line_and_exit_2() {
+        for args in [
+            &["run"][..],
+            &["run", "--iface", "eth0", "--hook", "ebpf"],
+            &["run", "--iface", "eth0", "--port", "0"],
+            &["run", "--iface", "eth0", "--port", "70000"],
+            &["run", "--iface", "eth0", "--action", "block"],
+            &["revoke"],
+            &["revoke", "--token", "-", "--hash", "ab"],
+            &["revoke", "--token", "eyJhbGciOi"],
+            &["status", "--bogus"],
+            &["frobnicate"],
+        ] {
+            let (code, msg) = err(args);
+            assert_eq!(code, 2, "{args:?}");
+            assert_eq!(msg.lines().count(), 1, "{args:?}: {msg}");
+            assert!(msg.starts_with("tokenwall: "), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_never_accepted_on_the_command_line() {
+        let (code, msg) = err(&["revoke", "--token", "secret-token-value"]);
+        assert_eq!(code, 2);
+        assert!(msg.contains("standard input"), "{msg}");
+        assert!(!msg.contains("secret-token-value"), "the token was echoed: {msg}");
+    }
+
+    #[test]
+    fn run_defaults() {
+        let cli = parse(["tokenwall", "run", "--iface", "eth0"]).unwrap();
+        let Command::Run(r) = cli.command else { panic!("not run") };
+        assert_eq!(r.hook, Hook::Xdp);
+        assert_eq!(r.ports, vec![80]);
+        assert_eq!(r.action, ActionArg::Reset);
+        assert_eq!(r.control_socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn repeated_options_collect() {
+        let cli = parse(["tokenwall", "run", "--iface", "a", "--iface", "b", "--port", "8080", "--port", "8443", "--hook", "tc"]).unwrap();
+        let Command::Run(r) = cli.command else { panic!("not run") };
+        assert_eq!(r.ifaces, vec!["a", "b"]);
+        assert_eq!(r.ports, vec![8080, 8443]);
+        assert_eq!(r.hook, Hook::Tc);
+    }
+}

@@ -1,0 +1,161 @@
+//! The control socket: a Unix stream socket (mode 0600) that only root or the socket's owner
+//! may use, carrying the JSON-lines protocol of [`crate::api`].
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use crate::{
+    api::{Reply, Request},
+    service::Service,
+};
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 256 * 1024;
+
+/// Whether a peer with `uid` may use the socket: root, or the user that owns the socket.
+pub fn peer_allowed(uid: u32, owner: u32) -> bool {
+    uid == 0 || uid == owner
+}
+
+/// Binds the socket at `path` (0600), refusing to steal it from a live daemon.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("another tokenwall daemon is already listening on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts clients until the runtime stops.
+pub async fn serve(listener: UnixListener, service: Arc<Service>) {
+    let owner = unsafe { libc::geteuid() };
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, service, owner).await {
+                log::debug!("control client: {e:#}");
+            }
+        });
+    }
+}
+
+async fn write_line(w: &mut (impl AsyncWriteExt + Unpin), reply: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(reply)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (rd, mut wr) = stream.into_split();
+    if !peer_allowed(cred.uid(), owner) {
+        log::warn!("refused control client uid {} pid {:?}", cred.uid(), cred.pid());
+        return write_line(&mut wr, &Reply::err("permission denied: root or the socket owner only")).await;
+    }
+    let mut line = Vec::new();
+    let mut rd = BufReader::new(rd).take(MAX_REQUEST as u64);
+    rd.read_until(b'\n', &mut line).await?;
+    let req: Request = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(e) => return write_line(&mut wr, &Reply::err(format!("bad request: {e}"))).await,
+    };
+    if req == Request::Events {
+        let mut rx = service.events.subscribe();
+        write_line(&mut wr, &Reply::ok(&serde_json::json!({ "streaming": true }))).await?;
+        loop {
+            match rx.recv().await {
+                Ok(ev) => write_line(&mut wr, &ev).await?,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    write_line(&mut wr, &serde_json::json!({ "lagged": n })).await?;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+    let reply = tokio::task::spawn_blocking(move || service.handle(req)).await?;
+    write_line(&mut wr, &reply).await
+}
+
+/// Client side: sends one request and returns the reply's data, or the daemon's error.
+pub async fn call(path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let (mut lines, _) = open(path, req).await?;
+    let first = lines.next_line().await?.context("daemon closed the connection without replying")?;
+    let reply: Reply = serde_json::from_str(&first).context("daemon sent an unreadable reply")?;
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_else(|| "request failed".into()));
+    }
+    Ok(reply.data.unwrap_or(serde_json::Value::Null))
+}
+
+/// Client side: opens a connection, sends `req`, and returns the reply lines.
+pub async fn open(
+    path: &Path,
+    req: &Request,
+) -> anyhow::Result<(tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>, PathBuf)> {
+    let stream = UnixStream::connect(path)
+        .await
+        .with_context(|| format!("daemon not reachable at {}", path.display()))?;
+    let (rd, mut wr) = stream.into_split();
+    write_line(&mut wr, req).await?;
+    Ok((BufReader::new(rd).lines(), path.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_or_the_owner_may_connect() {
+        assert!(peer_allowed(0, 1000));
+        assert!(peer_allowed(1000, 1000));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(65534, 0));
+    }
+
+    #[tokio::test]
+    async fn socket_is_0600_and_not_stolen_from_a_live_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let l = bind(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = bind(&path).await.unwrap_err().to_string();
+        assert!(err.contains("already listening"), "{err}");
+        drop(l);
+        bind(&path).await.expect("a stale socket is replaced");
+    }
+
+    #[tokio::test]
+    async fn unreachable_daemon_is_a_clear_error() {
+        let err = call(Path::new("/nonexistent/tokenwall.sock"), &Request::Status).await.unwrap_err();
+        assert!(format!("{err:#}").starts_with("daemon not reachable at /nonexistent/tokenwall.sock"));
+    }
+}

@@ -1,0 +1,204 @@
+//! `tokenwall run`: bring the kernel path up (reusing pinned state), keep it in step with the
+//! store, and serve the control socket until SIGTERM/SIGINT. Stopping leaves enforcement on.
+
+use std::{os::unix::fs::DirBuilderExt as _, sync::Arc, time::Duration};
+
+use agent_common::{
+    MAX_PORTS,
+    config::{Action, Config, HeaderNeedle, NEEDLE_BEARER, NEEDLE_RAW},
+    event::{HIT_PASSED_TO_STACK, HitEvent},
+    hash::HashKey,
+};
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    api::EventLine,
+    cli::{ActionArg, RunArgs},
+    control,
+    hashkey::{self, fingerprint},
+    kernel::{self, Kernel},
+    service::{Service, Settings, action_name},
+    store::RevocationStore,
+    until::now,
+};
+
+/// How often expired entries are purged and the kernel's clock offset refreshed.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns: the kernel adds it to `bpf_ktime_get_boot_ns`.
+pub fn clock_offset_ns() -> u64 {
+    let read = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    read(libc::CLOCK_REALTIME).saturating_sub(read(libc::CLOCK_BOOTTIME))
+}
+
+/// Builds the kernel configuration from the command line.
+pub fn build_config(key: HashKey, args: &RunArgs) -> anyhow::Result<Config> {
+    if args.ports.len() > MAX_PORTS {
+        bail!("at most {MAX_PORTS} ports can be watched, got {}", args.ports.len());
+    }
+    let mut cfg = Config {
+        key,
+        clock_offset_ns: clock_offset_ns(),
+        action: to_action(args.action) as u32,
+        ..Config::default()
+    };
+    for (slot, port) in cfg.ports.iter_mut().zip(&args.ports) {
+        *slot = *port;
+    }
+    cfg.needles[0] = HeaderNeedle::new(b"Authorization", NEEDLE_BEARER).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if let Some(name) = &args.api_key_header {
+        cfg.needles[1] = HeaderNeedle::new(name.as_bytes(), NEEDLE_RAW)
+            .map_err(|e| anyhow::anyhow!("--api-key-header {name:?} is not a usable header name: {e:?}"))?;
+    }
+    Ok(cfg)
+}
+
+fn to_action(a: ActionArg) -> Action {
+    match a {
+        ActionArg::Drop => Action::Drop,
+        ActionArg::Reset => Action::Reset,
+        ActionArg::Observe => Action::Observe,
+    }
+}
+
+/// Runs the daemon.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    kernel::check_privileges()?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.state_dir)
+        .with_context(|| format!("creating state directory {}", args.state_dir.display()))?;
+    let key = hashkey::load_or_create(&args.state_dir)?;
+    let cfg = build_config(key, &args)?;
+    let (store, report) = RevocationStore::open(&args.state_dir, now())
+        .with_context(|| format!("opening the revocation store in {}", args.state_dir.display()))?;
+    log::info!(
+        "store: {} records replayed, {} live, {} expired dropped",
+        report.records,
+        report.live,
+        report.expired_dropped
+    );
+    let mut kernel = Kernel::load(&args.bpffs, log::max_level())?;
+    kernel.set_config(&cfg)?;
+    let events = kernel.take_events()?;
+    let listener = control::bind(&args.control_socket).await?;
+    let settings = Settings {
+        action: to_action(args.action),
+        ports: args.ports.clone(),
+        state_dir: args.state_dir.clone(),
+        bpffs: args.bpffs.clone(),
+    };
+    let service = Arc::new(Service::new(key, settings, store, kernel));
+    let (inserted, removed) = service.sync_kernel()?;
+    log::info!("kernel map in step with the store: {inserted} entries, {removed} stale removed");
+    for iface in &args.ifaces {
+        service.with_kernel(|k| k.attach(iface, args.hook))?;
+    }
+    tokio::spawn(forward_events(events, service.clone()));
+    tokio::spawn(sweep(service.clone(), cfg));
+    tokio::spawn(control::serve(listener, service.clone()));
+    log::info!(
+        "ready: {} on {} ports {:?}, action {}, control socket {}",
+        args.hook.name(),
+        args.ifaces.join(","),
+        args.ports,
+        action_name(to_action(args.action)),
+        args.control_socket.display()
+    );
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    log::info!("stopping; enforcement stays attached (tokenwall detach removes it)");
+    let _ = std::fs::remove_file(&args.control_socket);
+    Ok(())
+}
+
+async fn sweep(service: Arc<Service>, mut cfg: Config) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let svc = service.clone();
+        cfg.clock_offset_ns = clock_offset_ns();
+        let result = tokio::task::spawn_blocking(move || {
+            svc.with_kernel(|k| k.set_config(&cfg))?;
+            svc.purge_expired()
+        })
+        .await;
+        match result {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => log::info!("purged {n} expired revocations"),
+            Ok(Err(e)) => log::warn!("sweep: {e:#}"),
+            Err(e) => log::warn!("sweep task: {e}"),
+        }
+    }
+}
+
+fn iface_name(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return ifindex.to_string();
+    }
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Turns a kernel hit event into its JSON line.
+pub fn event_line(ev: &HitEvent) -> EventLine {
+    let addr = |a: &[u8; 16], port: u16| -> String {
+        if ev.ip_version == 6 {
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(*a))
+        } else {
+            format!("{}:{port}", std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+        }
+    };
+    let time = std::time::UNIX_EPOCH + Duration::from_nanos(ev.time_ns);
+    EventLine {
+        time: humantime::format_rfc3339_millis(time).to_string(),
+        fingerprint: fingerprint(ev.token_hash),
+        kind: if ev.token_kind as u32 == NEEDLE_RAW { "api_key" } else { "bearer" }.to_string(),
+        action: match ev.action {
+            HIT_PASSED_TO_STACK => "passed_to_stack".to_string(),
+            a => action_name(Action::from_u32(a)).to_string(),
+        },
+        iface: iface_name(ev.ifindex),
+        source: addr(&ev.saddr, ev.sport),
+        destination: addr(&ev.daddr, ev.dport),
+    }
+}
+
+async fn forward_events(ring: RingBuf<MapData>, service: Arc<Service>) {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::error!("cannot poll the event ring buffer: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<HitEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a HitEvent; read_unaligned copes with any alignment.
+            let ev = unsafe { (item.as_ptr() as *const HitEvent).read_unaligned() };
+            let line = event_line(&ev);
+            log::debug!("kernel hit: {} {} from {}", line.action, line.fingerprint, line.source);
+            let _ = service.events.send(line);
+        }
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,375 @@
+//! Kernel loader: loads the embedded eBPF object, reuses pinned maps and links under the bpffs
+//! directory, attaches to interfaces and gives typed access to the maps.
+//!
+//! Layout under the bpffs directory (default `/sys/fs/bpf/tokenwall`):
+//! `maps/REVOKED`, `maps/CONFIG`, `maps/COUNTERS`, `maps/EVENTS` and `links/<iface>.<hook>`.
+//! Maps and links outlive the daemon: a restart reuses them, and a new program replaces the old
+//! one inside the existing link atomically (`bpf_link_update`), so enforcement never stops.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{
+    config::Config,
+    counters::{COUNTER_SLOTS, Counter},
+    map_names, program_names,
+    revoked::RevokedEntry,
+};
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use serde::Serialize;
+
+/// The compiled kernel programs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwall"));
+
+/// Where and how a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hook {
+    /// Native (driver) XDP.
+    Xdp,
+    /// Generic (skb) XDP: works on any interface, runs later in the stack.
+    XdpGeneric,
+    /// TC ingress classifier (tcx link on kernels >= 6.6).
+    Tc,
+}
+
+impl Hook {
+    /// Every hook, for cleaning up pins.
+    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::XdpGeneric, Hook::Tc];
+
+    /// Name used in pin paths and output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::XdpGeneric => "xdp-generic",
+            Hook::Tc => "tc",
+        }
+    }
+}
+
+/// One attachment, as found in the pin directory.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Attachment {
+    /// Interface name.
+    pub iface: String,
+    /// Hook kind.
+    pub hook: Hook,
+}
+
+/// Result of [`Kernel::test_run`].
+#[derive(Debug)]
+pub struct TestRunOutput {
+    /// The program's return value (XDP action or TC verdict).
+    pub verdict: i32,
+    /// Average time per run as the kernel measured it.
+    pub per_run: std::time::Duration,
+    /// The packet after the program ran.
+    pub packet: Vec<u8>,
+}
+
+/// The loaded programs and their maps.
+pub struct Kernel {
+    ebpf: Ebpf,
+    bpffs: PathBuf,
+    revoked: HashMap<MapData, u64, RevokedEntry>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Links this process holds (dropping one closes our fd; the pin keeps it attached).
+    links: Vec<(Attachment, FdLink)>,
+}
+
+fn link_pin(bpffs: &Path, iface: &str, hook: Hook) -> PathBuf {
+    bpffs.join("links").join(format!("{iface}.{}", hook.name()))
+}
+
+impl Kernel {
+    /// Loads the programs, creating or reusing the pinned maps under `bpffs`.
+    pub fn load(bpffs: &Path, kernel_log_level: log::LevelFilter) -> anyhow::Result<Self> {
+        let maps_dir = bpffs.join("maps");
+        fs::create_dir_all(&maps_dir)
+            .and_then(|()| fs::create_dir_all(bpffs.join("links")))
+            .with_context(|| format!("creating {} (is bpffs mounted at /sys/fs/bpf?)", bpffs.display()))?;
+        let level = kernel_log_level as u8;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .set_global(aya_log::LEVEL, &level, false)
+            .load(OBJECT)
+            .context("loading the eBPF object (are you root, with bpffs mounted?)")?;
+        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_kernel_logger) {
+            log::debug!("kernel logging unavailable: {e}");
+        }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program_names::XDP)
+            .ok_or_else(|| anyhow!("program {} missing", program_names::XDP))?
+            .try_into()?;
+        xdp.load().context("loading the XDP program")?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(program_names::TC)
+            .ok_or_else(|| anyhow!("program {} missing", program_names::TC))?
+            .try_into()?;
+        tc.load().context("loading the TC program")?;
+        let baseline: &mut Xdp = ebpf
+            .program_mut(program_names::BASELINE)
+            .ok_or_else(|| anyhow!("program {} missing", program_names::BASELINE))?
+            .try_into()?;
+        baseline.load().context("loading the baseline program")?;
+        let revoked = HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED)?)?;
+        let config = Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
+        Ok(Self {
+            ebpf,
+            bpffs: bpffs.to_path_buf(),
+            revoked,
+            config,
+            counters,
+            links: Vec::new(),
+        })
+    }
+
+    /// Takes the hit-event ring buffer (call once).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(take_map(&mut self.ebpf, map_names::EVENTS)?)?)
+    }
+
+    /// Writes the configuration if it differs from what the kernel has.
+    pub fn set_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        let current = self.config.get(&0, 0)?;
+        if bytes_of(&current) != bytes_of(cfg) {
+            self.config.set(0, cfg, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces a revoked entry.
+    pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
+        self.revoked
+            .insert(hash, entry, 0)
+            .context("updating the revoked-token map (full?)")
+    }
+
+    /// Removes a revoked entry; absent entries are fine.
+    pub fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
+        match self.revoked.remove(&hash) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every hash in the revoked map.
+    pub fn revoked_hashes(&self) -> Vec<u64> {
+        self.revoked.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Whether the kernel map holds `hash`.
+    pub fn contains(&self, hash: u64) -> bool {
+        self.revoked.get(&hash, 0).is_ok()
+    }
+
+    /// Counter values summed over CPUs, in `Counter::ALL` order.
+    pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+        let mut out = Vec::with_capacity(Counter::ALL.len());
+        for c in Counter::ALL {
+            debug_assert!((c as u32) < COUNTER_SLOTS);
+            let v = self.counters.get(&(c as u32), 0)?;
+            out.push((c, v.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// Attaches to `iface` with `hook`, replacing the program inside an existing pinned link
+    /// atomically, then removes pins of other hooks on the same interface.
+    pub fn attach(&mut self, iface: &str, hook: Hook) -> anyhow::Result<()> {
+        let pin = link_pin(&self.bpffs, iface, hook);
+        let reused = pin.exists();
+        let link = match hook {
+            Hook::Xdp | Hook::XdpGeneric => {
+                let prog: &mut Xdp = self.program(program_names::XDP)?;
+                let id = if reused {
+                    let old = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
+                    prog.attach_to_link(old)?
+                } else {
+                    let mode = if hook == Hook::Xdp { XdpMode::Driver } else { XdpMode::Skb };
+                    prog.attach(iface, mode).with_context(|| {
+                        format!("attaching {} to {iface} (native XDP needs driver support; try --hook xdp-generic)", hook.name())
+                    })?
+                };
+                FdLink::try_from(prog.take_link(id)?)?
+            }
+            Hook::Tc => {
+                let prog: &mut SchedClassifier = self.program(program_names::TC)?;
+                let id = if reused {
+                    let old = SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
+                    prog.attach_to_link(old)?
+                } else {
+                    prog.attach(iface, TcAttachType::Ingress)
+                        .with_context(|| format!("attaching tc ingress to {iface}"))?
+                };
+                FdLink::try_from(prog.take_link(id)?)
+                    .map_err(|_| anyhow!("tc attach on {iface} did not give a bpf_link (kernel < 6.6?)"))?
+            }
+        };
+        let link = if reused {
+            link
+        } else {
+            FdLink::from(link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?)
+        };
+        log::info!(
+            "{} {} on {iface}",
+            if reused { "replaced program in pinned link" } else { "attached" },
+            hook.name()
+        );
+        let att = Attachment { iface: iface.to_string(), hook };
+        self.links.retain(|(a, _)| a != &att);
+        self.links.push((att, link));
+        for other in Hook::ALL.into_iter().filter(|h| *h != hook) {
+            self.detach_one(iface, other)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every attachment of `iface`; returns how many were removed.
+    pub fn detach(&mut self, iface: &str) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for hook in Hook::ALL {
+            n += usize::from(self.detach_one(iface, hook)?);
+        }
+        Ok(n)
+    }
+
+    fn detach_one(&mut self, iface: &str, hook: Hook) -> anyhow::Result<bool> {
+        self.links.retain(|(a, _)| !(a.iface == iface && a.hook == hook));
+        remove_link_pin(&self.bpffs, iface, hook)
+    }
+
+    /// Runs one of the loaded programs on `packet` with `BPF_PROG_TEST_RUN` (`repeat` times)
+    /// and returns its verdict, the average time per run and the packet it left.
+    pub fn test_run(&mut self, program: &str, packet: &[u8], repeat: u32) -> anyhow::Result<TestRunOutput> {
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let p = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?;
+        let r = match p {
+            aya::programs::Program::Xdp(x) => x.test_run(opts)?,
+            aya::programs::Program::SchedClassifier(c) => c.test_run(opts)?,
+            _ => bail!("{program} cannot be test-run"),
+        };
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutput {
+            verdict: r.return_value as i32,
+            per_run: r.duration,
+            packet: out,
+        })
+    }
+
+    /// Attachments recorded in the pin directory.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        attachments(&self.bpffs)
+    }
+
+    fn program<'a, T>(&'a mut self, name: &str) -> anyhow::Result<&'a mut T>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let p = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+        Ok(p.try_into()?)
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+fn bytes_of(c: &Config) -> &[u8] {
+    // SAFETY: Config is repr(C), Copy, and fully initialised (no padding holes: explicit _pad).
+    unsafe { std::slice::from_raw_parts((c as *const Config).cast::<u8>(), size_of::<Config>()) }
+}
+
+fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    tokio::spawn(async move {
+        // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd holds it.
+        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+            return;
+        };
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+fn remove_link_pin(bpffs: &Path, iface: &str, hook: Hook) -> anyhow::Result<bool> {
+    let pin = link_pin(bpffs, iface, hook);
+    match fs::remove_file(&pin) {
+        Ok(()) => {
+            log::info!("detached {} from {iface}", hook.name());
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing {}", pin.display())),
+    }
+}
+
+/// Attachments recorded under `bpffs/links`.
+pub fn attachments(bpffs: &Path) -> Vec<Attachment> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir(bpffs.join("links")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((iface, hook)) = name.rsplit_once('.') else {
+            continue;
+        };
+        if let Some(hook) = Hook::ALL.into_iter().find(|h| h.name() == hook) {
+            out.push(Attachment { iface: iface.to_string(), hook });
+        }
+    }
+    out.sort_by(|a, b| (&a.iface, a.hook.name()).cmp(&(&b.iface, b.hook.name())));
+    out
+}
+
+/// Detaches `iface` without a daemon (pins only). When no attachment remains, removes the
+/// map pins and the directory too. Returns how many attachments were removed.
+pub fn detach_offline(bpffs: &Path, iface: &str) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for hook in Hook::ALL {
+        n += usize::from(remove_link_pin(bpffs, iface, hook)?);
+    }
+    remove_pins_if_unused(bpffs)?;
+    Ok(n)
+}
+
+/// Removes the map pins and the pin directory once no link is pinned any more.
+pub fn remove_pins_if_unused(bpffs: &Path) -> anyhow::Result<()> {
+    if !attachments(bpffs).is_empty() || !bpffs.exists() {
+        return Ok(());
+    }
+    fs::remove_dir_all(bpffs).with_context(|| format!("removing {}", bpffs.display()))?;
+    log::info!("no attachment left: removed {}", bpffs.display());
+    Ok(())
+}
+
+/// Fails early with a clear message when the process cannot use BPF.
+pub fn check_privileges() -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("tokenwall run needs root (CAP_BPF and CAP_NET_ADMIN)");
+    }
+    Ok(())
+}

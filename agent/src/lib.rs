@@ -1,0 +1,13 @@
+//! tokenwall agent library: everything the `tokenwall` binary runs, exposed for the
+//! integration tests and benchmarks.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod control;
+pub mod daemon;
+pub mod hashkey;
+pub mod kernel;
+pub mod service;
+pub mod store;
+pub mod until;

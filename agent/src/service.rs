@@ -1,0 +1,256 @@
+//! The daemon's state and request handlers: the durable store and the kernel maps, kept in
+//! step. Every handler is synchronous (it fsyncs); the control server runs it off the runtime.
+
+use std::{
+    path::PathBuf,
+    sync::{Mutex, MutexGuard},
+};
+
+use agent_common::{
+    config::Action,
+    hash::{HashKey, token_hash},
+    revoked::{FLAG_API_KEY, Reason, RevokedEntry},
+};
+use anyhow::{Context as _, bail};
+use tokio::sync::broadcast;
+
+use crate::{
+    api::{AttachmentInfo, EventLine, Reply, Request, RevokeReply, StatusReply, TokenRef},
+    hashkey::{fingerprint, parse_fingerprint},
+    kernel::{self, Kernel},
+    store::{Revocation, RevocationStore},
+    until::{JWT_EXP_MARGIN, jwt_exp, now},
+};
+
+/// Longest token accepted over the control socket.
+pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// Fixed settings of a running daemon.
+pub struct Settings {
+    /// What the kernel does on a hit.
+    pub action: Action,
+    /// Watched ports.
+    pub ports: Vec<u16>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Pin directory.
+    pub bpffs: PathBuf,
+}
+
+struct Inner {
+    store: RevocationStore,
+    kernel: Kernel,
+}
+
+/// Shared daemon state.
+pub struct Service {
+    key: HashKey,
+    settings: Settings,
+    inner: Mutex<Inner>,
+    /// Hit events fan-out to `events` clients.
+    pub events: broadcast::Sender<EventLine>,
+}
+
+/// Name of an action for output.
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Drop => "drop",
+        Action::Reset => "reset",
+        Action::Observe => "observe",
+    }
+}
+
+impl Service {
+    /// Wraps a loaded kernel and an opened store; call [`Service::sync_kernel`] next.
+    pub fn new(key: HashKey, settings: Settings, store: RevocationStore, kernel: Kernel) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            key,
+            settings,
+            inner: Mutex::new(Inner { store, kernel }),
+            events,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with the kernel (attach, config).
+    pub fn with_kernel<T>(&self, f: impl FnOnce(&mut Kernel) -> T) -> T {
+        f(&mut self.lock().kernel)
+    }
+
+    /// Makes the kernel map equal the store: inserts every live entry, then removes the rest
+    /// (insert first, so nothing revoked is ever missing in between).
+    pub fn sync_kernel(&self) -> anyhow::Result<(usize, usize)> {
+        let mut inner = self.lock();
+        let Inner { store, kernel } = &mut *inner;
+        let mut inserted = 0;
+        for r in store.entries() {
+            kernel.insert(r.hash, kernel_entry(r))?;
+            inserted += 1;
+        }
+        let mut removed = 0;
+        for h in kernel.revoked_hashes() {
+            if store.get(h).is_none() {
+                kernel.remove(h)?;
+                removed += 1;
+            }
+        }
+        Ok((inserted, removed))
+    }
+
+    /// Drops expired entries from the store and the kernel; compacts the log when worthwhile.
+    pub fn purge_expired(&self) -> anyhow::Result<usize> {
+        let mut inner = self.lock();
+        let now = now();
+        let gone = inner.store.purge_expired(now);
+        for h in &gone {
+            inner.kernel.remove(*h)?;
+        }
+        if inner.store.should_compact() {
+            inner.store.compact(now)?;
+            log::info!("compacted the revocation log to {} bytes", inner.store.log_bytes());
+        }
+        Ok(gone.len())
+    }
+
+    fn hash_of(&self, t: &TokenRef) -> anyhow::Result<u64> {
+        match t {
+            TokenRef::Token(tok) => {
+                let tok = tok.trim();
+                if tok.is_empty() {
+                    bail!("empty token");
+                }
+                if tok.len() > MAX_TOKEN_BYTES {
+                    bail!("token longer than {MAX_TOKEN_BYTES} bytes");
+                }
+                if tok.bytes().any(|b| b <= 0x20 || b == 0x7f) {
+                    bail!("token contains whitespace or control bytes");
+                }
+                Ok(token_hash(&self.key, tok.as_bytes()))
+            }
+            TokenRef::Hash(h) => parse_fingerprint(h),
+        }
+    }
+
+    /// Handles one request (not `Events`, which the server streams itself).
+    pub fn handle(&self, req: Request) -> Reply {
+        let result = match req {
+            Request::Revoke { token, until, reason, api_key } => self.revoke(&token, until, reason, api_key),
+            Request::Unrevoke { token, reason } => self.unrevoke(&token, reason),
+            Request::Status => self.status(),
+            Request::Detach { iface } => self.detach(&iface),
+            Request::Fingerprint { token } => self
+                .hash_of(&token)
+                .map(|h| serde_json::json!({ "fingerprint": fingerprint(h) })),
+            Request::Events => Err(anyhow::anyhow!("events is a stream")),
+        };
+        match result {
+            Ok(v) => Reply { ok: true, error: None, data: Some(v) },
+            Err(e) => Reply::err(format!("{e:#}")),
+        }
+    }
+
+    fn revoke(&self, token: &TokenRef, until: Option<u64>, reason: Option<String>, api_key: bool) -> anyhow::Result<serde_json::Value> {
+        let hash = self.hash_of(token)?;
+        let now = now();
+        let expires_at = match (until, token) {
+            (Some(u), _) => u,
+            (None, TokenRef::Token(t)) => jwt_exp(t.trim()).map_or(0, |e| e.saturating_add(JWT_EXP_MARGIN)),
+            (None, TokenRef::Hash(_)) => 0,
+        };
+        if expires_at != 0 && expires_at <= now {
+            bail!("the revocation would already have lapsed (until {expires_at} <= now {now}); an expired token needs no revocation");
+        }
+        let rev = Revocation {
+            hash,
+            expires_at,
+            reason: reason.unwrap_or_default(),
+            revoked_at: now,
+            api_key,
+        };
+        let mut inner = self.lock();
+        let changed = inner.store.revoke(rev).context("recording the revocation")?;
+        // The store keeps the later expiry when a token is revoked twice; mirror what it kept.
+        let kept = inner.store.get(hash).cloned().context("revocation missing after recording it")?;
+        inner
+            .kernel
+            .insert(hash, kernel_entry(&kept))
+            .context("the revocation is recorded durably, but updating the kernel map failed")?;
+        let in_kernel = inner.kernel.contains(hash);
+        log::info!("revoked {} until {} ({})", fingerprint(hash), kept.expires_at, kept.reason);
+        Ok(serde_json::to_value(RevokeReply {
+            fingerprint: fingerprint(hash),
+            changed,
+            expires_at: kept.expires_at,
+            in_kernel,
+        })?)
+    }
+
+    fn unrevoke(&self, token: &TokenRef, reason: Option<String>) -> anyhow::Result<serde_json::Value> {
+        let hash = self.hash_of(token)?;
+        let mut inner = self.lock();
+        let changed = inner
+            .store
+            .unrevoke(hash, reason.as_deref().unwrap_or(""), now())
+            .context("recording the unrevocation")?;
+        inner.kernel.remove(hash)?;
+        let in_kernel = inner.kernel.contains(hash);
+        log::info!("unrevoked {}", fingerprint(hash));
+        Ok(serde_json::to_value(RevokeReply {
+            fingerprint: fingerprint(hash),
+            changed,
+            expires_at: 0,
+            in_kernel,
+        })?)
+    }
+
+    fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let inner = self.lock();
+        let counters = inner
+            .kernel
+            .counters()?
+            .into_iter()
+            .map(|(c, v)| (c.name().to_string(), serde_json::Value::from(v)))
+            .collect();
+        let reply = StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            attachments: inner
+                .kernel
+                .attachments()
+                .into_iter()
+                .map(|a| AttachmentInfo { iface: a.iface, hook: a.hook.name().to_string() })
+                .collect(),
+            action: action_name(self.settings.action).to_string(),
+            ports: self.settings.ports.clone(),
+            counters,
+            revoked_entries: inner.store.len(),
+            kernel_entries: inner.kernel.revoked_hashes().len(),
+            store_bytes: inner.store.log_bytes(),
+            state_dir: self.settings.state_dir.display().to_string(),
+            bpffs: self.settings.bpffs.display().to_string(),
+        };
+        Ok(serde_json::to_value(reply)?)
+    }
+
+    fn detach(&self, iface: &str) -> anyhow::Result<serde_json::Value> {
+        let mut inner = self.lock();
+        let removed = inner.kernel.detach(iface)?;
+        if removed == 0 {
+            bail!("{iface} is not attached");
+        }
+        kernel::remove_pins_if_unused(&self.settings.bpffs)?;
+        Ok(serde_json::json!({ "iface": iface, "removed": removed }))
+    }
+}
+
+/// The kernel's view of a stored revocation.
+pub fn kernel_entry(r: &Revocation) -> RevokedEntry {
+    RevokedEntry {
+        expires_at: r.expires_at,
+        reason: if r.reason.is_empty() { Reason::Unspecified } else { Reason::Operator } as u32,
+        flags: if r.api_key { FLAG_API_KEY } else { 0 },
+    }
+}

@@ -1,0 +1,338 @@
+//! The durable revocation store: an append-only log of checksummed records in the state
+//! directory, replayed into memory on start and compacted when mostly dead.
+//!
+//! File `revocations.log`: the 8-byte header `TWREVLG1`, then records of
+//! `u32 LE payload length | u32 LE CRC-32 of the payload | payload`, where the payload is one
+//! JSON object: `{"op":"revoke","hash":"<16 hex>","expires_at":…,"reason":…,"revoked_at":…,"api_key":…}`
+//! or `{"op":"unrevoke","hash":"<16 hex>","reason":…,"at":…}`. Tokens appear only as keyed hashes.
+//!
+//! Every append is one `write_all` on an `O_APPEND` file followed by `fdatasync`, so a
+//! revocation is on disk before it is acknowledged. A crash can leave only the last record torn;
+//! replay detects that (short header, short payload, bad CRC at the end, or zero fill), truncates
+//! it with a warning and keeps everything before it. Damage followed by more data is not a torn
+//! tail: the store refuses to open and leaves the file untouched for an operator to inspect.
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::{self, Read as _, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 8] = b"TWREVLG1";
+const LOG: &str = "revocations.log";
+const MAX_PAYLOAD: usize = 64 * 1024;
+/// Longest reason text kept.
+pub const MAX_REASON: usize = 1024;
+
+/// One live revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Keyed hash of the token.
+    #[serde(with = "hex_u64")]
+    pub hash: u64,
+    /// Unix seconds when it lapses; 0 = never.
+    pub expires_at: u64,
+    /// Operator's reason.
+    pub reason: String,
+    /// Unix seconds when it was recorded.
+    pub revoked_at: u64,
+    /// The token is an API key.
+    #[serde(default)]
+    pub api_key: bool,
+}
+
+impl Revocation {
+    fn live(&self, now: u64) -> bool {
+        self.expires_at == 0 || self.expires_at > now
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Record {
+    Revoke(Revocation),
+    Unrevoke {
+        #[serde(with = "hex_u64")]
+        hash: u64,
+        reason: String,
+        at: u64,
+    },
+}
+
+mod hex_u64 {
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:016x}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        u64::from_str_radix(&s, 16).map_err(D::Error::custom)
+    }
+}
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// I/O on the log failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The file is not a tokenwall revocation log.
+    #[error("{0}: not a tokenwall revocation log (bad header); left untouched")]
+    BadHeader(PathBuf),
+    /// Damage that is not a torn tail.
+    #[error("{path}: corrupt record at byte {offset} ({reason}) with more data after it; the file was left untouched, inspect or move it aside")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Offset of the bad record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What replay found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records read.
+    pub records: u64,
+    /// Live entries after replay.
+    pub live: usize,
+    /// Entries dropped because they had expired.
+    pub expired_dropped: usize,
+    /// Bytes of torn tail truncated.
+    pub torn_tail_bytes: u64,
+}
+
+/// The store: the live set in memory, the log on disk.
+pub struct RevocationStore {
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    live: HashMap<u64, Revocation>,
+}
+
+fn encode(rec: &Record) -> Vec<u8> {
+    let payload = serde_json::to_vec(rec).unwrap_or_default();
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn clip(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl RevocationStore {
+    /// Opens (creating if needed) `dir/revocations.log`, replays it, and truncates a torn tail.
+    pub fn open(dir: &Path, now: u64) -> Result<(Self, ReplayReport), StoreError> {
+        let path = dir.join(LOG);
+        let io_err = |source| StoreError::Io { path: path.clone(), source };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(io_err)?;
+        if data.is_empty() {
+            file.write_all(MAGIC).and_then(|()| file.sync_all()).map_err(io_err)?;
+            sync_dir(dir).map_err(io_err)?;
+            data.extend_from_slice(MAGIC);
+        } else if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
+            // Crashed while writing the header of a new file.
+            file.set_len(0).map_err(io_err)?;
+            file.write_all(MAGIC).and_then(|()| file.sync_all()).map_err(io_err)?;
+            data = MAGIC.to_vec();
+        } else if !data.starts_with(MAGIC) {
+            return Err(StoreError::BadHeader(path));
+        }
+        let mut report = ReplayReport::default();
+        let mut live = HashMap::new();
+        let mut off = MAGIC.len();
+        while off < data.len() {
+            match parse_record(&data[off..]) {
+                Ok((rec, len)) => {
+                    report.records += 1;
+                    match rec {
+                        Record::Revoke(r) => {
+                            live.insert(r.hash, r);
+                        }
+                        Record::Unrevoke { hash, .. } => {
+                            live.remove(&hash);
+                        }
+                    }
+                    off += len;
+                }
+                Err((reason, end)) => {
+                    let rest = &data[off..];
+                    let torn = end >= rest.len() || rest.iter().all(|&b| b == 0);
+                    if !torn {
+                        return Err(StoreError::Corrupt { path, offset: off as u64, reason });
+                    }
+                    report.torn_tail_bytes = rest.len() as u64;
+                    log::warn!(
+                        "{}: dropped a torn last record ({} bytes at offset {off}: {reason}); everything before it is kept",
+                        path.display(),
+                        rest.len()
+                    );
+                    file.set_len(off as u64).and_then(|()| file.sync_all()).map_err(io_err)?;
+                    data.truncate(off);
+                    break;
+                }
+            }
+        }
+        let before = live.len();
+        live.retain(|_, r| r.live(now));
+        report.expired_dropped = before - live.len();
+        report.live = live.len();
+        let bytes = data.len() as u64;
+        Ok((Self { path, file, bytes, live }, report))
+    }
+
+    fn append(&mut self, rec: &Record) -> Result<(), StoreError> {
+        let buf = encode(rec);
+        self.file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Records a revocation durably, then applies it. If the hash is already revoked, the later
+    /// expiry wins (0 = never counts as latest). Returns whether the hash was newly revoked.
+    pub fn revoke(&mut self, mut r: Revocation) -> Result<bool, StoreError> {
+        r.reason = clip(&r.reason);
+        let existing = self.live.get(&r.hash).cloned();
+        if let Some(old) = &existing {
+            if old.expires_at == 0 || (r.expires_at != 0 && r.expires_at <= old.expires_at) {
+                r.expires_at = old.expires_at;
+            }
+            if *old == r {
+                return Ok(false);
+            }
+        }
+        self.append(&Record::Revoke(r.clone()))?;
+        self.live.insert(r.hash, r);
+        Ok(existing.is_none())
+    }
+
+    /// Records an unrevocation durably; returns whether the hash was revoked.
+    pub fn unrevoke(&mut self, hash: u64, reason: &str, now: u64) -> Result<bool, StoreError> {
+        self.append(&Record::Unrevoke { hash, reason: clip(reason), at: now })?;
+        Ok(self.live.remove(&hash).is_some())
+    }
+
+    /// Drops entries that expired by `now` and returns their hashes (nothing is written:
+    /// expiry follows from the stored time).
+    pub fn purge_expired(&mut self, now: u64) -> Vec<u64> {
+        let gone: Vec<u64> = self.live.values().filter(|r| !r.live(now)).map(|r| r.hash).collect();
+        for h in &gone {
+            self.live.remove(h);
+        }
+        gone
+    }
+
+    /// Live entries.
+    pub fn entries(&self) -> impl Iterator<Item = &Revocation> {
+        self.live.values()
+    }
+
+    /// The live entry for `hash`.
+    pub fn get(&self, hash: u64) -> Option<&Revocation> {
+        self.live.get(&hash)
+    }
+
+    /// Number of live entries.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Size of the log file.
+    pub fn log_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.live.values().map(|r| encode(&Record::Revoke(r.clone())).len() as u64).sum::<u64>() + MAGIC.len() as u64
+    }
+
+    /// Whether compaction would pay: the log is over 1 MiB and over twice the live size.
+    pub fn should_compact(&self) -> bool {
+        self.bytes > 1 << 20 && self.bytes > 2 * self.live_bytes()
+    }
+
+    /// Rewrites the log with only the live entries: temp file, fsync, rename, fsync directory.
+    pub fn compact(&mut self, now: u64) -> Result<(), StoreError> {
+        self.purge_expired(now);
+        let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let tmp = dir.join(format!("{LOG}.compact"));
+        let io_err = |source| StoreError::Io { path: tmp.clone(), source };
+        let mut buf = MAGIC.to_vec();
+        let mut entries: Vec<&Revocation> = self.live.values().collect();
+        entries.sort_by_key(|r| (r.revoked_at, r.hash));
+        for r in entries {
+            buf.extend_from_slice(&encode(&Record::Revoke(r.clone())));
+        }
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io_err)?;
+        f.write_all(&buf).and_then(|()| f.sync_all()).map_err(io_err)?;
+        std::fs::rename(&tmp, &self.path).and_then(|()| sync_dir(&dir)).map_err(io_err)?;
+        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io_err)?;
+        self.bytes = buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// Parses one record at the start of `b`: the record and its length, or why it is bad and where
+/// the bad record claims to end.
+fn parse_record(b: &[u8]) -> Result<(Record, usize), (String, usize)> {
+    if b.len() < 8 {
+        return Err(("short record header".into(), 8));
+    }
+    let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let crc = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    if len == 0 || len > MAX_PAYLOAD {
+        return Err((format!("impossible length {len}"), 8));
+    }
+    let end = 8 + len;
+    let Some(payload) = b.get(8..end) else {
+        return Err(("payload runs past the end of the file".into(), end));
+    };
+    if crc32fast::hash(payload) != crc {
+        return Err(("checksum mismatch".into(), end));
+    }
+    match serde_json::from_slice(payload) {
+        Ok(rec) => Ok((rec, end)),
+        Err(e) => Err((format!("unreadable record: {e}"), end)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+use super::*;
+
+fn rev(hash: u64, expires_at: u64) -> Revocation {
+    Revocation { hash, expires_at, reason: format!("r{hash}"), revoked_at: 100, api_key: false }
+}
+
+fn hashes(s: &RevocationStore) -> Vec<u64> {
+    let mut v: Vec<u64> = s.entries().map(|r| r.hash).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn revocations_survive_reopen_and_unrevoke_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    assert!(s.revoke(rev(1, 0)).unwrap());
+    assert!(s.revoke(rev(2, 0)).unwrap());
+    assert!(s.unrevoke(1, "mistake", 5).unwrap());
+    assert!(!s.unrevoke(99, "unknown", 5).unwrap());
+    drop(s);
+    let (s, report) = RevocationStore::open(dir.path(), 0).unwrap();
+    assert_eq!(hashes(&s), vec![2]);
+    assert_eq!(report.records, 4);
+    assert_eq!(report.torn_tail_bytes, 0);
+    let mode = std::fs::metadata(dir.path().join(LOG)).unwrap().permissions();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(mode.mode() & 0o777, 0o600);
+}
+
+#[test]
+fn revoking_twice_keeps_the_later_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    assert!(s.revoke(rev(7, 500)).unwrap());
+    assert!(!s.revoke(rev(7, 300)).unwrap());
+    assert_eq!(s.get(7).unwrap().expires_at, 500);
+    assert!(!s.revoke(rev(7, 900)).unwrap());
+    assert_eq!(s.get(7).unwrap().expires_at, 900);
+    assert!(!s.revoke(rev(7, 0)).unwrap());
+    assert!(!s.revoke(rev(7, 1000)).unwrap());
+    assert_eq!(s.get(7).unwrap().expires_at, 0, "never outlasts any time");
+    drop(s);
+    let (s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    assert_eq!(s.get(7).unwrap().expires_at, 0);
+}
+
+#[test]
+fn expired_entries_are_purged_and_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    for (h, exp) in [(1, 50), (2, 150), (3, 0), (4, 100)] {
+        s.revoke(rev(h, exp)).unwrap();
+    }
+    let mut gone = s.purge_expired(100);
+    gone.sort();
+    assert_eq!(gone, vec![1, 4]);
+    assert_eq!(hashes(&s), vec![2, 3]);
+    drop(s);
+    let (s, report) = RevocationStore::open(dir.path(), 200).unwrap();
+    assert_eq!(hashes(&s), vec![3]);
+    assert_eq!(report.expired_dropped, 3);
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_at_every_cut_and_nothing_else_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    for h in 1..=5 {
+        s.revoke(rev(h, 0)).unwrap();
+    }
+    let good = s.log_bytes();
+    s.revoke(rev(6, 0)).unwrap();
+    let full = s.log_bytes();
+    drop(s);
+    let path = dir.path().join(LOG);
+    let pristine = std::fs::read(&path).unwrap();
+    for cut in good + 1..full {
+        std::fs::write(&path, &pristine[..cut as usize]).unwrap();
+        let (mut s, report) = RevocationStore::open(dir.path(), 0).unwrap();
+        assert_eq!(hashes(&s), vec![1, 2, 3, 4, 5], "cut at {cut}");
+        assert_eq!(report.torn_tail_bytes, cut - good);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+        s.revoke(rev(42, 0)).unwrap();
+        drop(s);
+        let (s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+        assert_eq!(hashes(&s), vec![1, 2, 3, 4, 5, 42], "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_bad_checksum_or_zero_fill_at_the_end_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    s.revoke(rev(1, 0)).unwrap();
+    let good = s.log_bytes();
+    s.revoke(rev(2, 0)).unwrap();
+    drop(s);
+    let path = dir.path().join(LOG);
+    let mut data = std::fs::read(&path).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    std::fs::write(&path, &data).unwrap();
+    let (s, report) = RevocationStore::open(dir.path(), 0).unwrap();
+    assert_eq!(hashes(&s), vec![1]);
+    assert!(report.torn_tail_bytes > 0);
+    drop(s);
+    let mut data = std::fs::read(&path).unwrap();
+    data.extend_from_slice(&[0u8; 37]);
+    std::fs::write(&path, &data).unwrap();
+    let (s, report) = RevocationStore::open(dir.path(), 0).unwrap();
+    assert_eq!((hashes(&s), report.torn_tail_bytes), (vec![1], 37));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+}
+
+#[test]
+fn damage_before_good_records_is_an_error_and_the_file_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    for h in 1..=3 {
+        s.revoke(rev(h, 0)).unwrap();
+    }
+    drop(s);
+    let path = dir.path().join(LOG);
+    let mut data = std::fs::read(&path).unwrap();
+    data[MAGIC.len() + 12] ^= 0x55; // inside the first payload
+    std::fs::write(&path, &data).unwrap();
+    let err = RevocationStore::open(dir.path(), 0).err().expect("must refuse");
+    assert!(matches!(err, StoreError::Corrupt { offset: 8, .. }), "{err}");
+    assert!(err.to_string().contains("left untouched"));
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+#[test]
+fn a_foreign_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(LOG), b"something else entirely").unwrap();
+    let err = RevocationStore::open(dir.path(), 0).err().expect("must refuse");
+    assert!(matches!(err, StoreError::BadHeader(_)));
+}
+
+#[test]
+fn compaction_keeps_exactly_the_live_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    for h in 0..2000u64 {
+        s.revoke(Revocation { reason: "x".repeat(600), ..rev(h, if h % 5 == 0 { 50 } else { 0 }) }).unwrap();
+    }
+    for h in (0..2000u64).filter(|h| h % 3 != 0) {
+        s.unrevoke(h, "y", 10).unwrap();
+    }
+    let expect: Vec<u64> = (0..2000u64).filter(|h| h % 3 == 0 && h % 5 != 0).collect();
+    let before = s.log_bytes();
+    s.purge_expired(100);
+    assert!(s.should_compact(), "{} bytes for {} live", before, s.len());
+    s.compact(100).unwrap();
+    assert!(s.log_bytes() < before);
+    assert_eq!(hashes(&s), expect);
+    s.revoke(rev(5000, 0)).unwrap();
+    drop(s);
+    let (s, report) = RevocationStore::open(dir.path(), 100).unwrap();
+    let mut with_new = expect.clone();
+    with_new.push(5000);
+    assert_eq!(hashes(&s), with_new);
+    assert_eq!(report.records as usize, with_new.len());
+}
+
+#[test]
+fn long_reasons_are_clipped_on_a_char_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    s.revoke(Revocation { reason: "é".repeat(MAX_REASON), ..rev(1, 0) }).unwrap();
+    assert!(s.get(1).unwrap().reason.len() <= MAX_REASON);
+}

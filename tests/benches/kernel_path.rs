@@ -1,0 +1,96 @@
+//! Kernel fast-path cost per packet, measured with `BPF_PROG_TEST_RUN` on the real programs,
+//! each as a ratio to an XDP program that only returns XDP_PASS, measured in the same run
+//! (rounds interleaved, median of the rounds). Run with `cargo xtask bench`; needs root.
+
+use std::{path::PathBuf, time::Duration};
+
+use agent_common::{
+    config::{Action, Config, HeaderNeedle, NEEDLE_BEARER},
+    hash::{HashKey, token_hash},
+    program_names,
+    revoked::RevokedEntry,
+};
+use tokenwall::kernel::Kernel;
+use tokenwall_tests::packet::Segment;
+
+const PORT: u16 = 8080;
+const REPEAT: u32 = 200_000;
+const ROUNDS: usize = 7;
+
+struct Pins(PathBuf);
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn jwt_like(seed: u8) -> String {
+    // An RS256-sized JWT: header.claims.signature, ~ 600 bytes of base64url.
+    let body: String = (0..560).map(|i| (b'A' + ((i as u8).wrapping_mul(7).wrapping_add(seed)) % 26) as char).collect();
+    format!("eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCJ9.{}.{}", &body[..300], &body[300..])
+}
+
+fn request(filler: usize, token: Option<&str>) -> Vec<u8> {
+    let mut r = String::from("GET /api/v1/orders/42 HTTP/1.1\r\nHost: api.example.com\r\nAccept: */*\r\n");
+    if filler > 0 {
+        r.push_str(&format!("X-Filler: {}\r\n", "f".repeat(filler)));
+    }
+    if let Some(t) = token {
+        r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    r.push_str("User-Agent: bench\r\n\r\n");
+    r.into_bytes()
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_nanos() as f64
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let dir = PathBuf::from(format!("/sys/fs/bpf/twt-bench-{}", std::process::id()));
+    let _pins = Pins(dir.clone());
+    let mut k = Kernel::load(&dir, log::LevelFilter::Off)?;
+    let mut cfg = Config {
+        key: HashKey::from_bytes(*b"bench-key-16-byt"),
+        action: Action::Drop as u32,
+        ..Config::default()
+    };
+    cfg.ports[0] = PORT;
+    cfg.needles[0] = HeaderNeedle::new(b"Authorization", NEEDLE_BEARER).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    k.set_config(&cfg)?;
+    let (good, bad) = (jwt_like(1), jwt_like(2));
+    k.insert(token_hash(&cfg.key, bad.as_bytes()), RevokedEntry::default())?;
+    let seg = Segment::v4(PORT);
+    let header_100 = 100 - request(0, None).len().min(99);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("non-HTTP TCP payload (TLS record) to the watched port", seg.frame(&[0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3].repeat(40))),
+        ("GET without Authorization", seg.frame(&request(0, None))),
+        ("valid token (600 B) after ~100 B of headers", seg.frame(&request(header_100, Some(&good)))),
+        ("valid token (600 B) after ~1 KiB of headers", seg.frame(&request(1000, Some(&good)))),
+        ("revoked token (600 B) after ~100 B of headers: dropped", seg.frame(&request(header_100, Some(&bad)))),
+    ];
+    let mut base = Vec::new();
+    let mut xdp: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    let mut tc: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        base.push(k.test_run(program_names::BASELINE, &cases[0].1, REPEAT)?.per_run);
+        for (i, (_, frame)) in cases.iter().enumerate() {
+            xdp[i].push(k.test_run(program_names::XDP, frame, REPEAT)?.per_run);
+            tc[i].push(k.test_run(program_names::TC, frame, REPEAT)?.per_run);
+        }
+    }
+    let b = median(base).max(1.0);
+    println!("BPF_PROG_TEST_RUN, {REPEAT} repeats x {ROUNDS} interleaved rounds, median ns per packet");
+    println!("| packet | XDP ns | XDP / empty XDP | TC ns | TC / empty XDP |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| empty XDP program (baseline) | {b:.0} | 1.0 | | |");
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let (x, t) = (median(xdp[i].clone()), median(tc[i].clone()));
+        println!("| {name} | {x:.0} | {:.1} | {t:.0} | {:.1} |", x / b, t / b);
+    }
+    Ok(())
+}
