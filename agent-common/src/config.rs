@@ -204,8 +204,14 @@ mod tests {
     #[test]
     fn needle_rejects_bad_names() {
         assert_eq!(HeaderNeedle::new(b"", NEEDLE_RAW), Err(NeedleError::Empty));
-        assert_eq!(HeaderNeedle::new(b"a b", NEEDLE_RAW), Err(NeedleError::BadByte(b' ')));
-        assert_eq!(HeaderNeedle::new(&[b'x'; 32], NEEDLE_RAW), Err(NeedleError::TooLong));
+        assert_eq!(
+            HeaderNeedle::new(b"a b", NEEDLE_RAW),
+            Err(NeedleError::BadByte(b' '))
+        );
+        assert_eq!(
+            HeaderNeedle::new(&[b'x'; 32], NEEDLE_RAW),
+            Err(NeedleError::TooLong)
+        );
         assert!(HeaderNeedle::new(&[b'x'; 31], NEEDLE_RAW).is_ok());
     }
 

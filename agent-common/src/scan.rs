@@ -6,7 +6,9 @@
 
 use crate::{
     SCAN_BUF_LEN,
-    config::{BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER},
+    config::{
+        BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER,
+    },
 };
 
 /// Longest HTTP method token the kernel accepts at the start of a segment.
@@ -108,7 +110,8 @@ pub fn scan_payload(payload: &[u8], needles: &[HeaderNeedle; 2]) -> ScanOutcome 
             }
             let words = load_words(buf, p);
             for needle in needles {
-                if needle.len == 0 || p + needle.len as usize > buf.len() || !needle.matches(words) {
+                if needle.len == 0 || p + needle.len as usize > buf.len() || !needle.matches(words)
+                {
                     continue;
                 }
                 let Some(start) = token_start(buf, needle, p) else {
@@ -177,7 +180,11 @@ mod tests {
         let req = b"GET / HTTP/1.1\r\nAuthorization: Basic dXNlcjpwdw==\r\nx-api-key: k-1\r\n\r\n";
         assert_eq!(
             scan_payload(req, &needles()),
-            ScanOutcome::Token { kind: NEEDLE_RAW, start: 62, len: 3 }
+            ScanOutcome::Token {
+                kind: NEEDLE_RAW,
+                start: 62,
+                len: 3
+            }
         );
         assert_eq!(token_of(req), Some(&b"k-1"[..]));
     }
@@ -190,7 +197,8 @@ mod tests {
 
     #[test]
     fn a_name_with_a_prefix_or_suffix_does_not_match() {
-        let req = b"GET / HTTP/1.1\r\nX-Authorization: Bearer a\r\nAuthorizationX: Bearer b\r\n\r\n";
+        let req =
+            b"GET / HTTP/1.1\r\nX-Authorization: Bearer a\r\nAuthorizationX: Bearer b\r\n\r\n";
         assert_eq!(scan_payload(req, &needles()), ScanOutcome::NoToken);
     }
 
@@ -206,15 +214,27 @@ mod tests {
 
     #[test]
     fn non_requests_are_not_scanned() {
-        for p in [&b"HTTP/1.1 200 OK\r\n"[..], b"\x16\x03\x01\x02\x00", b"get / HTTP/1.1\r\n", b" GET /", b"GET", b""] {
-            assert_eq!(scan_payload(p, &needles()), ScanOutcome::NotRequest, "{p:?}");
+        for p in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"\x16\x03\x01\x02\x00",
+            b"get / HTTP/1.1\r\n",
+            b" GET /",
+            b"GET",
+            b"",
+        ] {
+            assert_eq!(
+                scan_payload(p, &needles()),
+                ScanOutcome::NotRequest,
+                "{p:?}"
+            );
         }
         assert!(is_request_start(b"M-SEARCH * HTTP/1.1"));
         assert!(!is_request_start(b"ABCDEFGHIJKLMNOPQRSTU /"));
     }
 
     fn header_line() -> impl Strategy<Value = Vec<u8>> {
-        ("[A-Za-z][A-Za-z0-9-]{0,20}", "[ -~]{0,60}").prop_map(|(n, v)| format!("{n}: {v}\r\n").into_bytes())
+        ("[A-Za-z][A-Za-z0-9-]{0,20}", "[ -~]{0,60}")
+            .prop_map(|(n, v)| format!("{n}: {v}\r\n").into_bytes())
     }
 
     proptest! {

@@ -131,7 +131,14 @@ pub fn run<P: Packet>(pkt: &P) -> Verdict {
     match action {
         Action::Observe => {
             count(Counter::Observed);
-            report(pkt, &flow, cfg, found.hash, found.kind, Action::Observe as u32);
+            report(
+                pkt,
+                &flow,
+                cfg,
+                found.hash,
+                found.kind,
+                Action::Observe as u32,
+            );
             Verdict::Pass
         }
         Action::Drop => {
@@ -145,7 +152,14 @@ pub fn run<P: Packet>(pkt: &P) -> Verdict {
                 report(pkt, &flow, cfg, found.hash, found.kind, HIT_PASSED_TO_STACK);
                 return Verdict::Pass;
             }
-            report(pkt, &flow, cfg, found.hash, found.kind, Action::Reset as u32);
+            report(
+                pkt,
+                &flow,
+                cfg,
+                found.hash,
+                found.kind,
+                Action::Reset as u32,
+            );
             if rewrite_to_reset(pkt, &flow) {
                 count(Counter::Reset);
                 Verdict::Rewritten

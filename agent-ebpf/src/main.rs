@@ -27,7 +27,8 @@ use crate::{
 
 /// Revoked token hash -> entry; pinned so it outlives the agent.
 #[map]
-static REVOKED: HashMap<u64, RevokedEntry> = HashMap::pinned(REVOKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+static REVOKED: HashMap<u64, RevokedEntry> =
+    HashMap::pinned(REVOKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The agent's configuration, index 0.
 #[map]
@@ -83,4 +84,3 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
-

@@ -4,9 +4,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
     helpers::generated::{
-        bpf_csum_level, bpf_sk_lookup_tcp, bpf_sk_release, bpf_skb_change_tail,
-        bpf_skb_load_bytes, bpf_skb_pull_data, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
-        bpf_xdp_load_bytes,
+        bpf_csum_level, bpf_sk_lookup_tcp, bpf_sk_release, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_pull_data, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -130,7 +129,14 @@ impl Packet for TcPacket<'_> {
     }
     #[inline(always)]
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
-        unsafe { bpf_skb_load_bytes(self.0.skb.skb as *const c_void, off, dst as *mut c_void, len) == 0 }
+        unsafe {
+            bpf_skb_load_bytes(
+                self.0.skb.skb as *const c_void,
+                off,
+                dst as *mut c_void,
+                len,
+            ) == 0
+        }
     }
     #[inline(always)]
     fn prepare(&self) {
@@ -318,8 +324,10 @@ pub fn rewrite_to_reset<P: Packet>(pkt: &P, flow: &Flow) -> bool {
         if i == 1 && !flow.v6 {
             break;
         }
-        pseudo += (u32::from_be(flow.saddr[i]) >> 16) as u64 + (u32::from_be(flow.saddr[i]) & 0xffff) as u64;
-        pseudo += (u32::from_be(flow.daddr[i]) >> 16) as u64 + (u32::from_be(flow.daddr[i]) & 0xffff) as u64;
+        pseudo += (u32::from_be(flow.saddr[i]) >> 16) as u64
+            + (u32::from_be(flow.saddr[i]) & 0xffff) as u64;
+        pseudo += (u32::from_be(flow.daddr[i]) >> 16) as u64
+            + (u32::from_be(flow.daddr[i]) & 0xffff) as u64;
     }
     if flow.v6 {
         let Some(plen) = ptr_at::<u16, P>(pkt, l3 + 4) else {
@@ -331,7 +339,10 @@ pub fn rewrite_to_reset<P: Packet>(pkt: &P, flow: &Flow) -> bool {
             return false;
         };
         let ihl = ((ihl & 0x0f) as usize) * 4;
-        let (Some(tot), Some(check)) = (ptr_at::<u16, P>(pkt, l3 + 2), ptr_at::<u16, P>(pkt, l3 + 10)) else {
+        let (Some(tot), Some(check)) = (
+            ptr_at::<u16, P>(pkt, l3 + 2),
+            ptr_at::<u16, P>(pkt, l3 + 10),
+        ) else {
             return false;
         };
         unsafe {

@@ -9,7 +9,9 @@
 
 use agent_common::{
     SCAN_BUF_LEN, SCAN_MASK, SCAN_PAD,
-    config::{BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER},
+    config::{
+        BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER,
+    },
     hash::{HashKey, SipState, tail_mask},
 };
 use aya_ebpf::helpers::generated::bpf_loop;
@@ -51,7 +53,11 @@ fn launder(v: u32) -> Option<u32> {
         core::ptr::write_volatile(p, v);
         core::ptr::read_volatile(p)
     };
-    if v > SCAN_BUF_LEN as u32 { None } else { Some(v) }
+    if v > SCAN_BUF_LEN as u32 {
+        None
+    } else {
+        Some(v)
+    }
 }
 
 /// A token located in the scratch buffer.

@@ -136,13 +136,21 @@ impl Reply {
     /// A successful reply carrying `data`.
     pub fn ok<T: Serialize>(data: &T) -> Self {
         match serde_json::to_value(data) {
-            Ok(v) => Self { ok: true, error: None, data: Some(v) },
+            Ok(v) => Self {
+                ok: true,
+                error: None,
+                data: Some(v),
+            },
             Err(e) => Self::err(format!("encoding reply: {e}")),
         }
     }
 
     /// A failed reply.
     pub fn err(msg: impl Into<String>) -> Self {
-        Self { ok: false, error: Some(msg.into()), data: None }
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            data: None,
+        }
     }
 }

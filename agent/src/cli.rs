@@ -172,7 +172,9 @@ fn stdin_marker(v: &str) -> Result<String, &'static str> {
     if v == "-" {
         Ok(v.to_string())
     } else {
-        Err("takes '-' and reads the token from standard input (tokens are never accepted as arguments)")
+        Err(
+            "takes '-' and reads the token from standard input (tokens are never accepted as arguments)",
+        )
     }
 }
 
@@ -240,13 +242,18 @@ mod tests {
         let (code, msg) = err(&["revoke", "--token", "secret-token-value"]);
         assert_eq!(code, 2);
         assert!(msg.contains("standard input"), "{msg}");
-        assert!(!msg.contains("secret-token-value"), "the token was echoed: {msg}");
+        assert!(
+            !msg.contains("secret-token-value"),
+            "the token was echoed: {msg}"
+        );
     }
 
     #[test]
     fn run_defaults() {
         let cli = parse(["tokenwall", "run", "--iface", "eth0"]).unwrap();
-        let Command::Run(r) = cli.command else { panic!("not run") };
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(r.hook, Hook::Xdp);
         assert_eq!(r.ports, vec![80]);
         assert_eq!(r.action, ActionArg::Reset);
@@ -255,8 +262,24 @@ mod tests {
 
     #[test]
     fn repeated_options_collect() {
-        let cli = parse(["tokenwall", "run", "--iface", "a", "--iface", "b", "--port", "8080", "--port", "8443", "--hook", "tc"]).unwrap();
-        let Command::Run(r) = cli.command else { panic!("not run") };
+        let cli = parse([
+            "tokenwall",
+            "run",
+            "--iface",
+            "a",
+            "--iface",
+            "b",
+            "--port",
+            "8080",
+            "--port",
+            "8443",
+            "--hook",
+            "tc",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(r.ifaces, vec!["a", "b"]);
         assert_eq!(r.ports, vec![8080, 8443]);
         assert_eq!(r.hook, Hook::Tc);

@@ -7,8 +7,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     api::{Request, RevokeReply, StatusReply, TokenRef},
     cli::{ClientArgs, DetachArgs, TokenArgs},
-    control,
-    kernel,
+    control, kernel,
     service::MAX_TOKEN_BYTES,
     until::{now, parse_until},
 };
@@ -52,7 +51,11 @@ fn print(args: &ClientArgs, data: &serde_json::Value, text: impl FnOnce() -> Str
 
 /// `tokenwall revoke`.
 pub async fn revoke(args: crate::cli::RevokeArgs) -> anyhow::Result<()> {
-    let until = args.until.as_deref().map(|u| parse_until(u, now())).transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|u| parse_until(u, now()))
+        .transpose()?;
     let req = Request::Revoke {
         token: token_ref(&args.which)?,
         until,
@@ -82,16 +85,24 @@ pub async fn unrevoke(args: crate::cli::UnrevokeArgs) -> anyhow::Result<()> {
     let data = control::call(&args.client.control_socket, &req).await?;
     let r: RevokeReply = serde_json::from_value(data.clone())?;
     print(&args.client, &data, || {
-        format!("unrevoked {}{}", r.fingerprint, if r.changed { "" } else { " (was not revoked)" })
+        format!(
+            "unrevoked {}{}",
+            r.fingerprint,
+            if r.changed { "" } else { " (was not revoked)" }
+        )
     });
     Ok(())
 }
 
 /// `tokenwall fingerprint`.
 pub async fn fingerprint(args: crate::cli::FingerprintArgs) -> anyhow::Result<()> {
-    let req = Request::Fingerprint { token: token_ref(&args.which)? };
+    let req = Request::Fingerprint {
+        token: token_ref(&args.which)?,
+    };
     let data = control::call(&args.client.control_socket, &req).await?;
-    print(&args.client, &data, || data["fingerprint"].as_str().unwrap_or_default().to_string());
+    print(&args.client, &data, || {
+        data["fingerprint"].as_str().unwrap_or_default().to_string()
+    });
     Ok(())
 }
 
@@ -99,7 +110,8 @@ fn until_text(t: u64) -> String {
     if t == 0 {
         "never".into()
     } else {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)).to_string()
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
     }
 }
 
@@ -115,7 +127,10 @@ pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
         for a in &s.attachments {
             out.push_str(&format!("attached:   {} ({})\n", a.iface, a.hook));
         }
-        out.push_str(&format!("action:     {} on ports {:?}\n", s.action, s.ports));
+        out.push_str(&format!(
+            "action:     {} on ports {:?}\n",
+            s.action, s.ports
+        ));
         out.push_str(&format!(
             "revoked:    {} in store ({} bytes), {} in kernel\n",
             s.revoked_entries, s.store_bytes, s.kernel_entries
@@ -132,7 +147,10 @@ pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
 /// `tokenwall events`: prints one JSON line per hit until interrupted.
 pub async fn events(args: ClientArgs) -> anyhow::Result<()> {
     let (mut lines, _) = control::open(&args.control_socket, &Request::Events).await?;
-    let first = lines.next_line().await?.context("daemon closed the connection")?;
+    let first = lines
+        .next_line()
+        .await?
+        .context("daemon closed the connection")?;
     let reply: crate::api::Reply = serde_json::from_str(&first)?;
     if !reply.ok {
         bail!("{}", reply.error.unwrap_or_default());
@@ -145,13 +163,19 @@ pub async fn events(args: ClientArgs) -> anyhow::Result<()> {
 
 /// `tokenwall detach`: through the daemon when it runs, else directly on the pins.
 pub async fn detach(args: DetachArgs) -> anyhow::Result<()> {
-    let req = Request::Detach { iface: args.iface.clone() };
+    let req = Request::Detach {
+        iface: args.iface.clone(),
+    };
     let data = match control::call(&args.client.control_socket, &req).await {
         Ok(d) => d,
         Err(e) if format!("{e:#}").starts_with("daemon not reachable") => {
             let n = kernel::detach_offline(&args.bpffs, &args.iface)?;
             if n == 0 {
-                bail!("{} is not attached (no pins under {})", args.iface, args.bpffs.display());
+                bail!(
+                    "{} is not attached (no pins under {})",
+                    args.iface,
+                    args.bpffs.display()
+                );
             }
             serde_json::json!({ "iface": args.iface, "removed": n, "daemon": false })
         }

@@ -34,11 +34,16 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            bail!("another tokenwall daemon is already listening on {}", path.display());
+            bail!(
+                "another tokenwall daemon is already listening on {}",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -64,7 +69,10 @@ pub async fn serve(listener: UnixListener, service: Arc<Service>) {
     }
 }
 
-async fn write_line(w: &mut (impl AsyncWriteExt + Unpin), reply: &impl serde::Serialize) -> anyhow::Result<()> {
+async fn write_line(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    reply: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(reply)?;
     line.push(b'\n');
     w.write_all(&line).await?;
@@ -76,8 +84,16 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
     let cred = stream.peer_cred()?;
     let (rd, mut wr) = stream.into_split();
     if !peer_allowed(cred.uid(), owner) {
-        log::warn!("refused control client uid {} pid {:?}", cred.uid(), cred.pid());
-        return write_line(&mut wr, &Reply::err("permission denied: root or the socket owner only")).await;
+        log::warn!(
+            "refused control client uid {} pid {:?}",
+            cred.uid(),
+            cred.pid()
+        );
+        return write_line(
+            &mut wr,
+            &Reply::err("permission denied: root or the socket owner only"),
+        )
+        .await;
     }
     let mut line = Vec::new();
     let mut rd = BufReader::new(rd).take(MAX_REQUEST as u64);
@@ -88,7 +104,11 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
     };
     if req == Request::Events {
         let mut rx = service.events.subscribe();
-        write_line(&mut wr, &Reply::ok(&serde_json::json!({ "streaming": true }))).await?;
+        write_line(
+            &mut wr,
+            &Reply::ok(&serde_json::json!({ "streaming": true })),
+        )
+        .await?;
         loop {
             match rx.recv().await {
                 Ok(ev) => write_line(&mut wr, &ev).await?,
@@ -106,7 +126,10 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
 /// Client side: sends one request and returns the reply's data, or the daemon's error.
 pub async fn call(path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
     let (mut lines, _) = open(path, req).await?;
-    let first = lines.next_line().await?.context("daemon closed the connection without replying")?;
+    let first = lines
+        .next_line()
+        .await?
+        .context("daemon closed the connection without replying")?;
     let reply: Reply = serde_json::from_str(&first).context("daemon sent an unreadable reply")?;
     if !reply.ok {
         bail!("{}", reply.error.unwrap_or_else(|| "request failed".into()));
@@ -118,7 +141,10 @@ pub async fn call(path: &Path, req: &Request) -> anyhow::Result<serde_json::Valu
 pub async fn open(
     path: &Path,
     req: &Request,
-) -> anyhow::Result<(tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>, PathBuf)> {
+) -> anyhow::Result<(
+    tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    PathBuf,
+)> {
     let stream = UnixStream::connect(path)
         .await
         .with_context(|| format!("daemon not reachable at {}", path.display()))?;
@@ -155,7 +181,11 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_daemon_is_a_clear_error() {
-        let err = call(Path::new("/nonexistent/tokenwall.sock"), &Request::Status).await.unwrap_err();
-        assert!(format!("{err:#}").starts_with("daemon not reachable at /nonexistent/tokenwall.sock"));
+        let err = call(Path::new("/nonexistent/tokenwall.sock"), &Request::Status)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("daemon not reachable at /nonexistent/tokenwall.sock")
+        );
     }
 }

@@ -30,7 +30,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns: the kernel adds it to `bpf_ktime_get_boot_ns`.
 pub fn clock_offset_ns() -> u64 {
     let read = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     };
@@ -40,7 +43,10 @@ pub fn clock_offset_ns() -> u64 {
 /// Builds the kernel configuration from the command line.
 pub fn build_config(key: HashKey, args: &RunArgs) -> anyhow::Result<Config> {
     if args.ports.len() > MAX_PORTS {
-        bail!("at most {MAX_PORTS} ports can be watched, got {}", args.ports.len());
+        bail!(
+            "at most {MAX_PORTS} ports can be watched, got {}",
+            args.ports.len()
+        );
     }
     let mut cfg = Config {
         key,
@@ -51,10 +57,12 @@ pub fn build_config(key: HashKey, args: &RunArgs) -> anyhow::Result<Config> {
     for (slot, port) in cfg.ports.iter_mut().zip(&args.ports) {
         *slot = *port;
     }
-    cfg.needles[0] = HeaderNeedle::new(b"Authorization", NEEDLE_BEARER).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    cfg.needles[0] =
+        HeaderNeedle::new(b"Authorization", NEEDLE_BEARER).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     if let Some(name) = &args.api_key_header {
-        cfg.needles[1] = HeaderNeedle::new(name.as_bytes(), NEEDLE_RAW)
-            .map_err(|e| anyhow::anyhow!("--api-key-header {name:?} is not a usable header name: {e:?}"))?;
+        cfg.needles[1] = HeaderNeedle::new(name.as_bytes(), NEEDLE_RAW).map_err(|e| {
+            anyhow::anyhow!("--api-key-header {name:?} is not a usable header name: {e:?}")
+        })?;
     }
     Ok(cfg)
 }
@@ -77,8 +85,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating state directory {}", args.state_dir.display()))?;
     let key = hashkey::load_or_create(&args.state_dir)?;
     let cfg = build_config(key, &args)?;
-    let (store, report) = RevocationStore::open(&args.state_dir, now())
-        .with_context(|| format!("opening the revocation store in {}", args.state_dir.display()))?;
+    let (store, report) = RevocationStore::open(&args.state_dir, now()).with_context(|| {
+        format!(
+            "opening the revocation store in {}",
+            args.state_dir.display()
+        )
+    })?;
     log::info!(
         "store: {} records replayed, {} live, {} expired dropped",
         report.records,
@@ -148,7 +160,9 @@ fn iface_name(ifindex: u32) -> String {
     if p.is_null() {
         return ifindex.to_string();
     }
-    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Turns a kernel hit event into its JSON line.
@@ -164,7 +178,12 @@ pub fn event_line(ev: &HitEvent) -> EventLine {
     EventLine {
         time: humantime::format_rfc3339_millis(time).to_string(),
         fingerprint: fingerprint(ev.token_hash),
-        kind: if ev.token_kind as u32 == NEEDLE_RAW { "api_key" } else { "bearer" }.to_string(),
+        kind: if ev.token_kind as u32 == NEEDLE_RAW {
+            "api_key"
+        } else {
+            "bearer"
+        }
+        .to_string(),
         action: match ev.action {
             HIT_PASSED_TO_STACK => "passed_to_stack".to_string(),
             a => action_name(Action::from_u32(a)).to_string(),
@@ -196,7 +215,12 @@ async fn forward_events(ring: RingBuf<MapData>, service: Arc<Service>) {
             // SAFETY: the kernel wrote a HitEvent; read_unaligned copes with any alignment.
             let ev = unsafe { (item.as_ptr() as *const HitEvent).read_unaligned() };
             let line = event_line(&ev);
-            log::debug!("kernel hit: {} {} from {}", line.action, line.fingerprint, line.source);
+            log::debug!(
+                "kernel hit: {} {} from {}",
+                line.action,
+                line.fingerprint,
+                line.source
+            );
             let _ = service.events.send(line);
         }
         guard.clear_ready();

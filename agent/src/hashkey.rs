@@ -21,7 +21,11 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<HashKey> {
             let mut buf = Vec::new();
             f.read_to_end(&mut buf)?;
             let Ok(raw) = <[u8; 16]>::try_from(buf.as_slice()) else {
-                bail!("{} must hold exactly 16 bytes, found {}", path.display(), buf.len());
+                bail!(
+                    "{} must hold exactly 16 bytes, found {}",
+                    path.display(),
+                    buf.len()
+                );
             };
             Ok(HashKey::from_bytes(raw))
         }
@@ -53,7 +57,10 @@ pub fn fingerprint(hash: u64) -> String {
 pub fn parse_fingerprint(s: &str) -> anyhow::Result<u64> {
     let hex = s.strip_prefix("0x").unwrap_or(s);
     if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("hash must be up to 16 hex digits, got {} characters", s.len());
+        bail!(
+            "hash must be up to 16 hex digits, got {} characters",
+            s.len()
+        );
     }
     Ok(u64::from_str_radix(hex, 16)?)
 }
@@ -85,7 +92,10 @@ mod tests {
 
     #[test]
     fn fingerprints_round_trip() {
-        assert_eq!(parse_fingerprint(&fingerprint(0xdead_beef)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            parse_fingerprint(&fingerprint(0xdead_beef)).unwrap(),
+            0xdead_beef
+        );
         assert!(parse_fingerprint("xyz").is_err());
         assert!(parse_fingerprint("12345678901234567").is_err());
     }

@@ -100,15 +100,25 @@ impl Kernel {
         let maps_dir = bpffs.join("maps");
         fs::create_dir_all(&maps_dir)
             .and_then(|()| fs::create_dir_all(bpffs.join("links")))
-            .with_context(|| format!("creating {} (is bpffs mounted at /sys/fs/bpf?)", bpffs.display()))?;
+            .with_context(|| {
+                format!(
+                    "creating {} (is bpffs mounted at /sys/fs/bpf?)",
+                    bpffs.display()
+                )
+            })?;
         let level = kernel_log_level as u8;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .set_global(aya_log::LEVEL, &level, false)
             .load(OBJECT)
             .context("loading the eBPF object (are you root, with bpffs mounted?)")?;
-        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_kernel_logger) {
-            log::debug!("kernel logging unavailable: {e}");
+        // Kernel log records are forwarded only inside the daemon's runtime (tests and benches
+        // load without one).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(logger) => spawn_kernel_logger(&rt, logger),
+                Err(e) => log::debug!("kernel logging unavailable: {e}"),
+            }
         }
         let xdp: &mut Xdp = ebpf
             .program_mut(program_names::XDP)
@@ -140,7 +150,10 @@ impl Kernel {
 
     /// Takes the hit-event ring buffer (call once).
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        Ok(RingBuf::try_from(take_map(&mut self.ebpf, map_names::EVENTS)?)?)
+        Ok(RingBuf::try_from(take_map(
+            &mut self.ebpf,
+            map_names::EVENTS,
+        )?)?)
     }
 
     /// Writes the configuration if it differs from what the kernel has.
@@ -162,8 +175,12 @@ impl Kernel {
     /// Removes a revoked entry; absent entries are fine.
     pub fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
         match self.revoked.remove(&hash) {
-            Ok(()) => Ok(()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -201,7 +218,11 @@ impl Kernel {
                     let old = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
                     prog.attach_to_link(old)?
                 } else {
-                    let mode = if hook == Hook::Xdp { XdpMode::Driver } else { XdpMode::Skb };
+                    let mode = if hook == Hook::Xdp {
+                        XdpMode::Driver
+                    } else {
+                        XdpMode::Skb
+                    };
                     prog.attach(iface, mode).with_context(|| {
                         format!("attaching {} to {iface} (native XDP needs driver support; try --hook xdp-generic)", hook.name())
                     })?
@@ -211,27 +232,39 @@ impl Kernel {
             Hook::Tc => {
                 let prog: &mut SchedClassifier = self.program(program_names::TC)?;
                 let id = if reused {
-                    let old = SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
+                    let old =
+                        SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
                     prog.attach_to_link(old)?
                 } else {
                     prog.attach(iface, TcAttachType::Ingress)
                         .with_context(|| format!("attaching tc ingress to {iface}"))?
                 };
-                FdLink::try_from(prog.take_link(id)?)
-                    .map_err(|_| anyhow!("tc attach on {iface} did not give a bpf_link (kernel < 6.6?)"))?
+                FdLink::try_from(prog.take_link(id)?).map_err(|_| {
+                    anyhow!("tc attach on {iface} did not give a bpf_link (kernel < 6.6?)")
+                })?
             }
         };
         let link = if reused {
             link
         } else {
-            FdLink::from(link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?)
+            FdLink::from(
+                link.pin(&pin)
+                    .with_context(|| format!("pinning {}", pin.display()))?,
+            )
         };
         log::info!(
             "{} {} on {iface}",
-            if reused { "replaced program in pinned link" } else { "attached" },
+            if reused {
+                "replaced program in pinned link"
+            } else {
+                "attached"
+            },
             hook.name()
         );
-        let att = Attachment { iface: iface.to_string(), hook };
+        let att = Attachment {
+            iface: iface.to_string(),
+            hook,
+        };
         self.links.retain(|(a, _)| a != &att);
         self.links.push((att, link));
         for other in Hook::ALL.into_iter().filter(|h| *h != hook) {
@@ -250,13 +283,19 @@ impl Kernel {
     }
 
     fn detach_one(&mut self, iface: &str, hook: Hook) -> anyhow::Result<bool> {
-        self.links.retain(|(a, _)| !(a.iface == iface && a.hook == hook));
+        self.links
+            .retain(|(a, _)| !(a.iface == iface && a.hook == hook));
         remove_link_pin(&self.bpffs, iface, hook)
     }
 
     /// Runs one of the loaded programs on `packet` with `BPF_PROG_TEST_RUN` (`repeat` times)
     /// and returns its verdict, the average time per run and the packet it left.
-    pub fn test_run(&mut self, program: &str, packet: &[u8], repeat: u32) -> anyhow::Result<TestRunOutput> {
+    pub fn test_run(
+        &mut self,
+        program: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<TestRunOutput> {
         let mut out = vec![0u8; packet.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(packet),
@@ -264,7 +303,10 @@ impl Kernel {
             repeat,
             ..TestRunOptions::default()
         };
-        let p = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?;
+        let p = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing"))?;
         let r = match p {
             aya::programs::Program::Xdp(x) => x.test_run(opts)?,
             aya::programs::Program::SchedClassifier(c) => c.test_run(opts)?,
@@ -287,13 +329,17 @@ impl Kernel {
     where
         &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
     {
-        let p = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?;
         Ok(p.try_into()?)
     }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
 fn bytes_of(c: &Config) -> &[u8] {
@@ -301,10 +347,15 @@ fn bytes_of(c: &Config) -> &[u8] {
     unsafe { std::slice::from_raw_parts((c as *const Config).cast::<u8>(), size_of::<Config>()) }
 }
 
-fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    tokio::spawn(async move {
+fn spawn_kernel_logger(
+    rt: &tokio::runtime::Handle,
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) {
+    rt.spawn(async move {
         // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd holds it.
-        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+        let Ok(mut fd) = (unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }) else {
             return;
         };
         while let Ok(mut guard) = fd.readable_mut().await {
@@ -338,7 +389,10 @@ pub fn attachments(bpffs: &Path) -> Vec<Attachment> {
             continue;
         };
         if let Some(hook) = Hook::ALL.into_iter().find(|h| h.name() == hook) {
-            out.push(Attachment { iface: iface.to_string(), hook });
+            out.push(Attachment {
+                iface: iface.to_string(),
+                hook,
+            });
         }
     }
     out.sort_by(|a, b| (&a.iface, a.hook.name()).cmp(&(&b.iface, b.hook.name())));

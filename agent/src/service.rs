@@ -111,7 +111,10 @@ impl Service {
         }
         if inner.store.should_compact() {
             inner.store.compact(now)?;
-            log::info!("compacted the revocation log to {} bytes", inner.store.log_bytes());
+            log::info!(
+                "compacted the revocation log to {} bytes",
+                inner.store.log_bytes()
+            );
         }
         Ok(gone.len())
     }
@@ -138,7 +141,12 @@ impl Service {
     /// Handles one request (not `Events`, which the server streams itself).
     pub fn handle(&self, req: Request) -> Reply {
         let result = match req {
-            Request::Revoke { token, until, reason, api_key } => self.revoke(&token, until, reason, api_key),
+            Request::Revoke {
+                token,
+                until,
+                reason,
+                api_key,
+            } => self.revoke(&token, until, reason, api_key),
             Request::Unrevoke { token, reason } => self.unrevoke(&token, reason),
             Request::Status => self.status(),
             Request::Detach { iface } => self.detach(&iface),
@@ -148,21 +156,35 @@ impl Service {
             Request::Events => Err(anyhow::anyhow!("events is a stream")),
         };
         match result {
-            Ok(v) => Reply { ok: true, error: None, data: Some(v) },
+            Ok(v) => Reply {
+                ok: true,
+                error: None,
+                data: Some(v),
+            },
             Err(e) => Reply::err(format!("{e:#}")),
         }
     }
 
-    fn revoke(&self, token: &TokenRef, until: Option<u64>, reason: Option<String>, api_key: bool) -> anyhow::Result<serde_json::Value> {
+    fn revoke(
+        &self,
+        token: &TokenRef,
+        until: Option<u64>,
+        reason: Option<String>,
+        api_key: bool,
+    ) -> anyhow::Result<serde_json::Value> {
         let hash = self.hash_of(token)?;
         let now = now();
         let expires_at = match (until, token) {
             (Some(u), _) => u,
-            (None, TokenRef::Token(t)) => jwt_exp(t.trim()).map_or(0, |e| e.saturating_add(JWT_EXP_MARGIN)),
+            (None, TokenRef::Token(t)) => {
+                jwt_exp(t.trim()).map_or(0, |e| e.saturating_add(JWT_EXP_MARGIN))
+            }
             (None, TokenRef::Hash(_)) => 0,
         };
         if expires_at != 0 && expires_at <= now {
-            bail!("the revocation would already have lapsed (until {expires_at} <= now {now}); an expired token needs no revocation");
+            bail!(
+                "the revocation would already have lapsed (until {expires_at} <= now {now}); an expired token needs no revocation"
+            );
         }
         let rev = Revocation {
             hash,
@@ -172,15 +194,27 @@ impl Service {
             api_key,
         };
         let mut inner = self.lock();
-        let changed = inner.store.revoke(rev).context("recording the revocation")?;
+        let changed = inner
+            .store
+            .revoke(rev)
+            .context("recording the revocation")?;
         // The store keeps the later expiry when a token is revoked twice; mirror what it kept.
-        let kept = inner.store.get(hash).cloned().context("revocation missing after recording it")?;
+        let kept = inner
+            .store
+            .get(hash)
+            .cloned()
+            .context("revocation missing after recording it")?;
         inner
             .kernel
             .insert(hash, kernel_entry(&kept))
             .context("the revocation is recorded durably, but updating the kernel map failed")?;
         let in_kernel = inner.kernel.contains(hash);
-        log::info!("revoked {} until {} ({})", fingerprint(hash), kept.expires_at, kept.reason);
+        log::info!(
+            "revoked {} until {} ({})",
+            fingerprint(hash),
+            kept.expires_at,
+            kept.reason
+        );
         Ok(serde_json::to_value(RevokeReply {
             fingerprint: fingerprint(hash),
             changed,
@@ -189,7 +223,11 @@ impl Service {
         })?)
     }
 
-    fn unrevoke(&self, token: &TokenRef, reason: Option<String>) -> anyhow::Result<serde_json::Value> {
+    fn unrevoke(
+        &self,
+        token: &TokenRef,
+        reason: Option<String>,
+    ) -> anyhow::Result<serde_json::Value> {
         let hash = self.hash_of(token)?;
         let mut inner = self.lock();
         let changed = inner
@@ -221,7 +259,10 @@ impl Service {
                 .kernel
                 .attachments()
                 .into_iter()
-                .map(|a| AttachmentInfo { iface: a.iface, hook: a.hook.name().to_string() })
+                .map(|a| AttachmentInfo {
+                    iface: a.iface,
+                    hook: a.hook.name().to_string(),
+                })
                 .collect(),
             action: action_name(self.settings.action).to_string(),
             ports: self.settings.ports.clone(),
@@ -250,7 +291,11 @@ impl Service {
 pub fn kernel_entry(r: &Revocation) -> RevokedEntry {
     RevokedEntry {
         expires_at: r.expires_at,
-        reason: if r.reason.is_empty() { Reason::Unspecified } else { Reason::Operator } as u32,
+        reason: if r.reason.is_empty() {
+            Reason::Unspecified
+        } else {
+            Reason::Operator
+        } as u32,
         flags: if r.api_key { FLAG_API_KEY } else { 0 },
     }
 }

@@ -89,7 +89,9 @@ pub enum StoreError {
     #[error("{0}: not a tokenwall revocation log (bad header); left untouched")]
     BadHeader(PathBuf),
     /// Damage that is not a torn tail.
-    #[error("{path}: corrupt record at byte {offset} ({reason}) with more data after it; the file was left untouched, inspect or move it aside")]
+    #[error(
+        "{path}: corrupt record at byte {offset} ({reason}) with more data after it; the file was left untouched, inspect or move it aside"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -146,7 +148,10 @@ impl RevocationStore {
     /// Opens (creating if needed) `dir/revocations.log`, replays it, and truncates a torn tail.
     pub fn open(dir: &Path, now: u64) -> Result<(Self, ReplayReport), StoreError> {
         let path = dir.join(LOG);
-        let io_err = |source| StoreError::Io { path: path.clone(), source };
+        let io_err = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -157,13 +162,17 @@ impl RevocationStore {
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io_err)?;
         if data.is_empty() {
-            file.write_all(MAGIC).and_then(|()| file.sync_all()).map_err(io_err)?;
+            file.write_all(MAGIC)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err)?;
             sync_dir(dir).map_err(io_err)?;
             data.extend_from_slice(MAGIC);
         } else if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
             // Crashed while writing the header of a new file.
             file.set_len(0).map_err(io_err)?;
-            file.write_all(MAGIC).and_then(|()| file.sync_all()).map_err(io_err)?;
+            file.write_all(MAGIC)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err)?;
             data = MAGIC.to_vec();
         } else if !data.starts_with(MAGIC) {
             return Err(StoreError::BadHeader(path));
@@ -189,7 +198,11 @@ impl RevocationStore {
                     let rest = &data[off..];
                     let torn = end >= rest.len() || rest.iter().all(|&b| b == 0);
                     if !torn {
-                        return Err(StoreError::Corrupt { path, offset: off as u64, reason });
+                        return Err(StoreError::Corrupt {
+                            path,
+                            offset: off as u64,
+                            reason,
+                        });
                     }
                     report.torn_tail_bytes = rest.len() as u64;
                     log::warn!(
@@ -197,7 +210,9 @@ impl RevocationStore {
                         path.display(),
                         rest.len()
                     );
-                    file.set_len(off as u64).and_then(|()| file.sync_all()).map_err(io_err)?;
+                    file.set_len(off as u64)
+                        .and_then(|()| file.sync_all())
+                        .map_err(io_err)?;
                     data.truncate(off);
                     break;
                 }
@@ -208,7 +223,15 @@ impl RevocationStore {
         report.expired_dropped = before - live.len();
         report.live = live.len();
         let bytes = data.len() as u64;
-        Ok((Self { path, file, bytes, live }, report))
+        Ok((
+            Self {
+                path,
+                file,
+                bytes,
+                live,
+            },
+            report,
+        ))
     }
 
     fn append(&mut self, rec: &Record) -> Result<(), StoreError> {
@@ -216,7 +239,10 @@ impl RevocationStore {
         self.file
             .write_all(&buf)
             .and_then(|()| self.file.sync_data())
-            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         self.bytes += buf.len() as u64;
         Ok(())
     }
@@ -241,14 +267,23 @@ impl RevocationStore {
 
     /// Records an unrevocation durably; returns whether the hash was revoked.
     pub fn unrevoke(&mut self, hash: u64, reason: &str, now: u64) -> Result<bool, StoreError> {
-        self.append(&Record::Unrevoke { hash, reason: clip(reason), at: now })?;
+        self.append(&Record::Unrevoke {
+            hash,
+            reason: clip(reason),
+            at: now,
+        })?;
         Ok(self.live.remove(&hash).is_some())
     }
 
     /// Drops entries that expired by `now` and returns their hashes (nothing is written:
     /// expiry follows from the stored time).
     pub fn purge_expired(&mut self, now: u64) -> Vec<u64> {
-        let gone: Vec<u64> = self.live.values().filter(|r| !r.live(now)).map(|r| r.hash).collect();
+        let gone: Vec<u64> = self
+            .live
+            .values()
+            .filter(|r| !r.live(now))
+            .map(|r| r.hash)
+            .collect();
         for h in &gone {
             self.live.remove(h);
         }
@@ -281,7 +316,11 @@ impl RevocationStore {
     }
 
     fn live_bytes(&self) -> u64 {
-        self.live.values().map(|r| encode(&Record::Revoke(r.clone())).len() as u64).sum::<u64>() + MAGIC.len() as u64
+        self.live
+            .values()
+            .map(|r| encode(&Record::Revoke(r.clone())).len() as u64)
+            .sum::<u64>()
+            + MAGIC.len() as u64
     }
 
     /// Whether compaction would pay: the log is over 1 MiB and over twice the live size.
@@ -292,19 +331,39 @@ impl RevocationStore {
     /// Rewrites the log with only the live entries: temp file, fsync, rename, fsync directory.
     pub fn compact(&mut self, now: u64) -> Result<(), StoreError> {
         self.purge_expired(now);
-        let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let tmp = dir.join(format!("{LOG}.compact"));
-        let io_err = |source| StoreError::Io { path: tmp.clone(), source };
+        let io_err = |source| StoreError::Io {
+            path: tmp.clone(),
+            source,
+        };
         let mut buf = MAGIC.to_vec();
         let mut entries: Vec<&Revocation> = self.live.values().collect();
         entries.sort_by_key(|r| (r.revoked_at, r.hash));
         for r in entries {
             buf.extend_from_slice(&encode(&Record::Revoke(r.clone())));
         }
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io_err)?;
-        f.write_all(&buf).and_then(|()| f.sync_all()).map_err(io_err)?;
-        std::fs::rename(&tmp, &self.path).and_then(|()| sync_dir(&dir)).map_err(io_err)?;
-        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io_err)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err)?;
+        f.write_all(&buf)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err)?;
+        std::fs::rename(&tmp, &self.path)
+            .and_then(|()| sync_dir(&dir))
+            .map_err(io_err)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io_err)?;
         self.bytes = buf.len() as u64;
         Ok(())
     }

@@ -10,7 +10,9 @@ pub const JWT_EXP_MARGIN: u64 = 300;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Parses `TIME`: unix seconds, an RFC 3339 time (`2026-12-01T00:00:00Z`), or a duration from
@@ -21,13 +23,18 @@ pub fn parse_until(s: &str, now: u64) -> anyhow::Result<u64> {
         return s.parse().context("unix time out of range");
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        let secs = t.duration_since(UNIX_EPOCH).map_err(|_| anyhow::anyhow!("time before 1970"))?.as_secs();
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| anyhow::anyhow!("time before 1970"))?
+            .as_secs();
         return Ok(secs);
     }
     match humantime::parse_duration(s) {
         Ok(d) if d > Duration::ZERO => Ok(now.saturating_add(d.as_secs().max(1))),
         Ok(_) => bail!("--until duration must be positive"),
-        Err(_) => bail!("--until '{s}' is not unix seconds, an RFC 3339 time, or a duration like 2h"),
+        Err(_) => {
+            bail!("--until '{s}' is not unix seconds, an RFC 3339 time, or a duration like 2h")
+        }
     }
 }
 
@@ -39,7 +46,9 @@ pub fn jwt_exp(token: &str) -> Option<u64> {
     if parts.next().is_some() || payload.len() > 16 * 1024 {
         return None;
     }
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&raw).ok()?;
     claims.get("exp")?.as_u64()
 }
@@ -51,20 +60,35 @@ mod tests {
     #[test]
     fn parses_every_form() {
         assert_eq!(parse_until("1767225600", 0).unwrap(), 1_767_225_600);
-        assert_eq!(parse_until("2026-01-01T00:00:00Z", 0).unwrap(), 1_767_225_600);
+        assert_eq!(
+            parse_until("2026-01-01T00:00:00Z", 0).unwrap(),
+            1_767_225_600
+        );
         assert_eq!(parse_until("2h", 1000).unwrap(), 1000 + 7200);
         assert_eq!(parse_until("1h 30m", 0).unwrap(), 5400);
-        assert!(parse_until("soon", 0).unwrap_err().to_string().contains("not unix seconds"));
+        assert!(
+            parse_until("soon", 0)
+                .unwrap_err()
+                .to_string()
+                .contains("not unix seconds")
+        );
         assert!(parse_until("0s", 0).is_err());
     }
 
     #[test]
     fn reads_exp_from_a_jwt_only() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let jwt = format!("{}.{}.sig", b64(r#"{"alg":"ES256"}"#), b64(r#"{"sub":"a","exp":1767225600}"#));
+        let jwt = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"ES256"}"#),
+            b64(r#"{"sub":"a","exp":1767225600}"#)
+        );
         assert_eq!(jwt_exp(&jwt), Some(1_767_225_600));
         assert_eq!(jwt_exp("opaque-token"), None);
-        assert_eq!(jwt_exp(&format!("{}.{}.s", b64("{}"), b64(r#"{"exp":"x"}"#))), None);
+        assert_eq!(
+            jwt_exp(&format!("{}.{}.s", b64("{}"), b64(r#"{"exp":"x"}"#))),
+            None
+        );
         assert_eq!(jwt_exp("a.b.c.d"), None);
     }
 }

@@ -26,12 +26,19 @@ impl Drop for Pins {
 
 fn jwt_like(seed: u8) -> String {
     // An RS256-sized JWT: header.claims.signature, ~ 600 bytes of base64url.
-    let body: String = (0..560).map(|i| (b'A' + ((i as u8).wrapping_mul(7).wrapping_add(seed)) % 26) as char).collect();
-    format!("eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCJ9.{}.{}", &body[..300], &body[300..])
+    let body: String = (0..560)
+        .map(|i| (b'A' + ((i as u8).wrapping_mul(7).wrapping_add(seed)) % 26) as char)
+        .collect();
+    format!(
+        "eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCJ9.{}.{}",
+        &body[..300],
+        &body[300..]
+    )
 }
 
 fn request(filler: usize, token: Option<&str>) -> Vec<u8> {
-    let mut r = String::from("GET /api/v1/orders/42 HTTP/1.1\r\nHost: api.example.com\r\nAccept: */*\r\n");
+    let mut r =
+        String::from("GET /api/v1/orders/42 HTTP/1.1\r\nHost: api.example.com\r\nAccept: */*\r\n");
     if filler > 0 {
         r.push_str(&format!("X-Filler: {}\r\n", "f".repeat(filler)));
     }
@@ -60,31 +67,52 @@ fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     cfg.ports[0] = PORT;
-    cfg.needles[0] = HeaderNeedle::new(b"Authorization", NEEDLE_BEARER).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    cfg.needles[0] =
+        HeaderNeedle::new(b"Authorization", NEEDLE_BEARER).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     k.set_config(&cfg)?;
     let (good, bad) = (jwt_like(1), jwt_like(2));
-    k.insert(token_hash(&cfg.key, bad.as_bytes()), RevokedEntry::default())?;
+    k.insert(
+        token_hash(&cfg.key, bad.as_bytes()),
+        RevokedEntry::default(),
+    )?;
     let seg = Segment::v4(PORT);
     let header_100 = 100 - request(0, None).len().min(99);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("non-HTTP TCP payload (TLS record) to the watched port", seg.frame(&[0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3].repeat(40))),
+        (
+            "non-HTTP TCP payload (TLS record) to the watched port",
+            seg.frame(&[0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3].repeat(40)),
+        ),
         ("GET without Authorization", seg.frame(&request(0, None))),
-        ("valid token (600 B) after ~100 B of headers", seg.frame(&request(header_100, Some(&good)))),
-        ("valid token (600 B) after ~1 KiB of headers", seg.frame(&request(1000, Some(&good)))),
-        ("revoked token (600 B) after ~100 B of headers: dropped", seg.frame(&request(header_100, Some(&bad)))),
+        (
+            "valid token (600 B) after ~100 B of headers",
+            seg.frame(&request(header_100, Some(&good))),
+        ),
+        (
+            "valid token (600 B) after ~1 KiB of headers",
+            seg.frame(&request(1000, Some(&good))),
+        ),
+        (
+            "revoked token (600 B) after ~100 B of headers: dropped",
+            seg.frame(&request(header_100, Some(&bad))),
+        ),
     ];
     let mut base = Vec::new();
     let mut xdp: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
     let mut tc: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
-        base.push(k.test_run(program_names::BASELINE, &cases[0].1, REPEAT)?.per_run);
+        base.push(
+            k.test_run(program_names::BASELINE, &cases[0].1, REPEAT)?
+                .per_run,
+        );
         for (i, (_, frame)) in cases.iter().enumerate() {
             xdp[i].push(k.test_run(program_names::XDP, frame, REPEAT)?.per_run);
             tc[i].push(k.test_run(program_names::TC, frame, REPEAT)?.per_run);
         }
     }
     let b = median(base).max(1.0);
-    println!("BPF_PROG_TEST_RUN, {REPEAT} repeats x {ROUNDS} interleaved rounds, median ns per packet");
+    println!(
+        "BPF_PROG_TEST_RUN, {REPEAT} repeats x {ROUNDS} interleaved rounds, median ns per packet"
+    );
     println!("| packet | XDP ns | XDP / empty XDP | TC ns | TC / empty XDP |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     println!("| empty XDP program (baseline) | {b:.0} | 1.0 | | |");

@@ -1,1 +1,3 @@
+//! Test support for the privileged integration tests.
 
+pub mod packet;

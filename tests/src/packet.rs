@@ -199,12 +199,22 @@ pub fn parse(frame: &[u8]) -> Parsed {
         let ip = &frame[14..14 + ihl];
         let s = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
         let d = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-        (s.into(), d.into(), &frame[14 + ihl..14 + tot], checksum(ip, 0) == 0)
+        (
+            s.into(),
+            d.into(),
+            &frame[14 + ihl..14 + tot],
+            checksum(ip, 0) == 0,
+        )
     } else {
         let plen = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
         let s: [u8; 16] = frame[22..38].try_into().unwrap();
         let d: [u8; 16] = frame[38..54].try_into().unwrap();
-        (Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into(), &frame[54..54 + plen], true)
+        (
+            Ipv6Addr::from(s).into(),
+            Ipv6Addr::from(d).into(),
+            &frame[54..54 + plen],
+            true,
+        )
     };
     let doff = usize::from(l4[12] >> 4) * 4;
     Parsed {

@@ -33,7 +33,8 @@ impl Drop for Pins {
 fn load(tag: &str, action: Action) -> (Kernel, Config, Pins) {
     let dir = PathBuf::from(format!("/sys/fs/bpf/twt-{}-{tag}", std::process::id()));
     let pins = Pins(dir.clone());
-    let mut kernel = Kernel::load(&dir, log::LevelFilter::Off).expect("load the kernel programs (root?)");
+    let mut kernel =
+        Kernel::load(&dir, log::LevelFilter::Off).expect("load the kernel programs (root?)");
     let mut cfg = Config {
         key: HashKey::from_bytes(*b"0123456789abcdef"),
         action: action as u32,
@@ -47,13 +48,21 @@ fn load(tag: &str, action: Action) -> (Kernel, Config, Pins) {
 }
 
 fn counters(k: &Kernel) -> std::collections::HashMap<&'static str, u64> {
-    k.counters().unwrap().into_iter().map(|(c, v)| (c.name(), v)).collect()
+    k.counters()
+        .unwrap()
+        .into_iter()
+        .map(|(c, v)| (c.name(), v))
+        .collect()
 }
 
 #[derive(Clone, Debug)]
 enum Auth {
     None,
-    Bearer { upper: bool, ows: &'static str, scheme: &'static str },
+    Bearer {
+        upper: bool,
+        ows: &'static str,
+        scheme: &'static str,
+    },
     Basic,
     ApiKey,
     ApiKeyThenBearer,
@@ -73,12 +82,15 @@ fn auth() -> impl Strategy<Value = Auth> {
 }
 
 fn header_line() -> impl Strategy<Value = String> {
-    ("[A-Z][a-z]{1,12}(-[A-Z][a-z]{1,8})?", "[ -~]{0,80}").prop_map(|(n, v)| format!("{n}: {v}\r\n"))
+    ("[A-Z][a-z]{1,12}(-[A-Z][a-z]{1,8})?", "[ -~]{0,80}")
+        .prop_map(|(n, v)| format!("{n}: {v}\r\n"))
 }
 
 fn http_request() -> impl Strategy<Value = Vec<u8>> {
     (
-        prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH", "M-SEARCH", "OPTIONS"]),
+        prop::sample::select(vec![
+            "GET", "POST", "PUT", "DELETE", "PATCH", "M-SEARCH", "OPTIONS",
+        ]),
         prop::collection::vec(header_line(), 0..12),
         prop::option::weighted(0.2, 900usize..1300),
         auth(),
@@ -87,34 +99,43 @@ fn http_request() -> impl Strategy<Value = Vec<u8>> {
         prop::option::weighted(0.25, 0usize..3400),
         any::<bool>(),
     )
-        .prop_map(|(method, before, filler, auth, token, after, cut, lf_only)| {
-            let nl = if lf_only { "\n" } else { "\r\n" };
-            let mut r = format!("{method} /api/v1/items?id=7 HTTP/1.1{nl}Host: api.example{nl}");
-            for h in &before {
-                r.push_str(&h.replace("\r\n", nl));
-            }
-            if let Some(n) = filler {
-                r.push_str(&format!("X-Filler: {}{nl}", "f".repeat(n)));
-            }
-            match auth {
-                Auth::None => {}
-                Auth::Bearer { upper, ows, scheme } => {
-                    let name = if upper { "AUTHORIZATION" } else { "authorization" };
-                    r.push_str(&format!("{name}:{ows}{scheme} {token}{nl}"));
+        .prop_map(
+            |(method, before, filler, auth, token, after, cut, lf_only)| {
+                let nl = if lf_only { "\n" } else { "\r\n" };
+                let mut r =
+                    format!("{method} /api/v1/items?id=7 HTTP/1.1{nl}Host: api.example{nl}");
+                for h in &before {
+                    r.push_str(&h.replace("\r\n", nl));
                 }
-                Auth::Basic => r.push_str(&format!("Authorization: Basic {token}{nl}")),
-                Auth::ApiKey => r.push_str(&format!("x-api-key: {token}{nl}")),
-                Auth::ApiKeyThenBearer => r.push_str(&format!("X-Api-Key: k{token}{nl}Authorization: Bearer {token}{nl}")),
-                Auth::Empty => r.push_str(&format!("Authorization: Bearer {nl}")),
-            }
-            for h in &after {
-                r.push_str(&h.replace("\r\n", nl));
-            }
-            r.push_str(nl);
-            let mut b = r.into_bytes();
-            b.truncate(cut.unwrap_or(3400).min(3400));
-            b
-        })
+                if let Some(n) = filler {
+                    r.push_str(&format!("X-Filler: {}{nl}", "f".repeat(n)));
+                }
+                match auth {
+                    Auth::None => {}
+                    Auth::Bearer { upper, ows, scheme } => {
+                        let name = if upper {
+                            "AUTHORIZATION"
+                        } else {
+                            "authorization"
+                        };
+                        r.push_str(&format!("{name}:{ows}{scheme} {token}{nl}"));
+                    }
+                    Auth::Basic => r.push_str(&format!("Authorization: Basic {token}{nl}")),
+                    Auth::ApiKey => r.push_str(&format!("x-api-key: {token}{nl}")),
+                    Auth::ApiKeyThenBearer => r.push_str(&format!(
+                        "X-Api-Key: k{token}{nl}Authorization: Bearer {token}{nl}"
+                    )),
+                    Auth::Empty => r.push_str(&format!("Authorization: Bearer {nl}")),
+                }
+                for h in &after {
+                    r.push_str(&h.replace("\r\n", nl));
+                }
+                r.push_str(nl);
+                let mut b = r.into_bytes();
+                b.truncate(cut.unwrap_or(3400).min(3400));
+                b
+            },
+        )
 }
 
 fn payload() -> impl Strategy<Value = Vec<u8>> {
@@ -126,9 +147,18 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn segment() -> impl Strategy<Value = Segment> {
-    (any::<bool>(), prop::option::of(1u16..4000), prop::sample::select(vec![0usize, 4, 12]), prop::sample::select(vec![0usize, 12]))
+    (
+        any::<bool>(),
+        prop::option::of(1u16..4000),
+        prop::sample::select(vec![0usize, 4, 12]),
+        prop::sample::select(vec![0usize, 12]),
+    )
         .prop_map(|(v6, vlan, ipopt, tcpopt)| {
-            let mut s = if v6 { Segment::v6(PORT) } else { Segment::v4(PORT) };
+            let mut s = if v6 {
+                Segment::v6(PORT)
+            } else {
+                Segment::v4(PORT)
+            };
             s.vlan = vlan;
             if !v6 {
                 s.ip_options = vec![1; ipopt];
@@ -142,42 +172,72 @@ fn segment() -> impl Strategy<Value = Segment> {
 fn xdp_and_tc_agree_with_the_reference_model() {
     let (kernel, cfg, _pins) = load("model", Action::Drop);
     let kernel = RefCell::new(kernel);
-    let mut runner = TestRunner::new(ProptestConfig { cases: 400, ..ProptestConfig::default() });
-    let result = runner.run(&(segment(), payload(), any::<bool>()), |(seg, payload, revoke)| {
-        let mut k = kernel.borrow_mut();
-        let model = scan_payload(&payload, &cfg.needles);
-        let frame = seg.frame(&payload);
-        let hash = match model {
-            ScanOutcome::Token { start, len, .. } => Some(token_hash(&cfg.key, &payload[start..start + len])),
-            _ => None,
-        };
-        if let (Some(h), true) = (hash, revoke) {
-            k.insert(h, RevokedEntry::default()).unwrap();
-        }
-        for (prog, hit, miss) in [(program_names::XDP, XDP_DROP, XDP_PASS), (program_names::TC, TC_ACT_SHOT, TC_ACT_UNSPEC)] {
-            let before = counters(&k);
-            let out = k.test_run(prog, &frame, 1).unwrap();
-            let after = counters(&k);
-            let delta = |name: &str| after[name] - before[name];
-            let expect_hit = hash.is_some() && revoke;
-            prop_assert_eq!(out.verdict, if expect_hit { hit } else { miss }, "{} verdict for {:?}", prog, model);
-            let (http, bearer, api, skipped) = match model {
-                ScanOutcome::NotRequest => (0, 0, 0, 0),
-                ScanOutcome::NoToken => (1, 0, 0, 0),
-                ScanOutcome::Skipped => (1, 0, 0, 1),
-                ScanOutcome::Token { kind, .. } => (1, u64::from(kind == NEEDLE_BEARER), u64::from(kind == NEEDLE_RAW), 0),
-            };
-            prop_assert_eq!(
-                (delta("http_requests"), delta("bearer_tokens"), delta("api_keys"), delta("skipped"), delta("revoked_hits")),
-                (http, bearer, api, skipped, u64::from(expect_hit)),
-                "{} counters for {:?}", prog, model
-            );
-        }
-        if let Some(h) = hash {
-            k.remove(h).unwrap();
-        }
-        Ok(())
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 400,
+        ..ProptestConfig::default()
     });
+    let result = runner.run(
+        &(segment(), payload(), any::<bool>()),
+        |(seg, payload, revoke)| {
+            let mut k = kernel.borrow_mut();
+            let model = scan_payload(&payload, &cfg.needles);
+            let frame = seg.frame(&payload);
+            let hash = match model {
+                ScanOutcome::Token { start, len, .. } => {
+                    Some(token_hash(&cfg.key, &payload[start..start + len]))
+                }
+                _ => None,
+            };
+            if let (Some(h), true) = (hash, revoke) {
+                k.insert(h, RevokedEntry::default()).unwrap();
+            }
+            for (prog, hit, miss) in [
+                (program_names::XDP, XDP_DROP, XDP_PASS),
+                (program_names::TC, TC_ACT_SHOT, TC_ACT_UNSPEC),
+            ] {
+                let before = counters(&k);
+                let out = k.test_run(prog, &frame, 1).unwrap();
+                let after = counters(&k);
+                let delta = |name: &str| after[name] - before[name];
+                let expect_hit = hash.is_some() && revoke;
+                prop_assert_eq!(
+                    out.verdict,
+                    if expect_hit { hit } else { miss },
+                    "{} verdict for {:?}",
+                    prog,
+                    model
+                );
+                let (http, bearer, api, skipped) = match model {
+                    ScanOutcome::NotRequest => (0, 0, 0, 0),
+                    ScanOutcome::NoToken => (1, 0, 0, 0),
+                    ScanOutcome::Skipped => (1, 0, 0, 1),
+                    ScanOutcome::Token { kind, .. } => (
+                        1,
+                        u64::from(kind == NEEDLE_BEARER),
+                        u64::from(kind == NEEDLE_RAW),
+                        0,
+                    ),
+                };
+                prop_assert_eq!(
+                    (
+                        delta("http_requests"),
+                        delta("bearer_tokens"),
+                        delta("api_keys"),
+                        delta("skipped"),
+                        delta("revoked_hits")
+                    ),
+                    (http, bearer, api, skipped, u64::from(expect_hit)),
+                    "{} counters for {:?}",
+                    prog,
+                    model
+                );
+            }
+            if let Some(h) = hash {
+                k.remove(h).unwrap();
+            }
+            Ok(())
+        },
+    );
     if let Err(e) = result {
         panic!("kernel and model disagree: {e}");
     }
@@ -187,7 +247,11 @@ fn xdp_and_tc_agree_with_the_reference_model() {
 fn unwatched_ports_udp_fragments_and_syns_pass_untouched() {
     let (mut k, cfg, _pins) = load("pass", Action::Drop);
     let req = b"GET / HTTP/1.1\r\nAuthorization: Bearer revoked-one\r\n\r\n";
-    k.insert(token_hash(&cfg.key, b"revoked-one"), RevokedEntry::default()).unwrap();
+    k.insert(
+        token_hash(&cfg.key, b"revoked-one"),
+        RevokedEntry::default(),
+    )
+    .unwrap();
     let mut other_port = Segment::v4(9090);
     let mut frag = Segment::v4(PORT);
     frag.frag = 0x2000; // more fragments
@@ -199,7 +263,7 @@ fn unwatched_ports_udp_fragments_and_syns_pass_untouched() {
         frag.frame(req),
         syn.frame(req),
         Segment::v4(PORT).frame(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"),
-        vec![0u8; 10],
+        vec![0u8; 14],
     ];
     other_port.vlan = Some(5);
     for f in frames.iter().chain([&other_port.frame(req)]) {
@@ -209,8 +273,13 @@ fn unwatched_ports_udp_fragments_and_syns_pass_untouched() {
         assert_eq!(&out.packet, f, "a passed packet must be untouched");
         assert_eq!(counters(&k)["http_requests"], before["http_requests"]);
     }
-    let out = k.test_run(program_names::XDP, &Segment::v4(PORT).frame(req), 1).unwrap();
-    assert_eq!(out.verdict, XDP_DROP, "the same request on the watched port is dropped");
+    let out = k
+        .test_run(program_names::XDP, &Segment::v4(PORT).frame(req), 1)
+        .unwrap();
+    assert_eq!(
+        out.verdict, XDP_DROP,
+        "the same request on the watched port is dropped"
+    );
 }
 
 #[test]
@@ -220,11 +289,38 @@ fn expired_entries_are_ignored() {
     live_cfg.clock_offset_ns = tokenwall::daemon::clock_offset_ns();
     k.set_config(&live_cfg).unwrap();
     let now = tokenwall::until::now();
-    let req = |t: &str| Segment::v4(PORT).frame(format!("GET / HTTP/1.1\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes());
-    k.insert(token_hash(&cfg.key, b"past"), RevokedEntry { expires_at: now - 5, ..Default::default() }).unwrap();
-    k.insert(token_hash(&cfg.key, b"future"), RevokedEntry { expires_at: now + 600, ..Default::default() }).unwrap();
-    assert_eq!(k.test_run(program_names::XDP, &req("past"), 1).unwrap().verdict, XDP_PASS);
-    assert_eq!(k.test_run(program_names::XDP, &req("future"), 1).unwrap().verdict, XDP_DROP);
+    let req = |t: &str| {
+        Segment::v4(PORT)
+            .frame(format!("GET / HTTP/1.1\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes())
+    };
+    k.insert(
+        token_hash(&cfg.key, b"past"),
+        RevokedEntry {
+            expires_at: now - 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    k.insert(
+        token_hash(&cfg.key, b"future"),
+        RevokedEntry {
+            expires_at: now + 600,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        k.test_run(program_names::XDP, &req("past"), 1)
+            .unwrap()
+            .verdict,
+        XDP_PASS
+    );
+    assert_eq!(
+        k.test_run(program_names::XDP, &req("future"), 1)
+            .unwrap()
+            .verdict,
+        XDP_DROP
+    );
     assert_eq!(counters(&k)["expired_ignored"], 1);
 }
 
@@ -247,12 +343,17 @@ fn reset_rewrites_only_live_connections() {
     seg.sport = local.port();
     seg.ip_options = vec![1; 4];
     let req = b"POST /x HTTP/1.1\r\nAuthorization: Bearer gone\r\nContent-Length: 3\r\n\r\nabc";
-    k.insert(token_hash(&cfg.key, b"gone"), RevokedEntry::default()).unwrap();
+    k.insert(token_hash(&cfg.key, b"gone"), RevokedEntry::default())
+        .unwrap();
     for prog in [program_names::XDP, program_names::TC] {
         let out = k.test_run(prog, &seg.frame(req), 1).unwrap();
         let p = packet::parse(&out.packet);
         assert_eq!(p.flags, packet::flags::RST_ACK, "{prog}");
-        assert_eq!((p.seq, p.ack, p.payload_len), (seg.seq, seg.ack, 0), "{prog}");
+        assert_eq!(
+            (p.seq, p.ack, p.payload_len),
+            (seg.seq, seg.ack, 0),
+            "{prog}"
+        );
         assert!(p.checksums_ok, "{prog}: checksums of the rewritten segment");
     }
     assert_eq!(counters(&k)["reset"], 2);

@@ -1,7 +1,13 @@
 use super::*;
 
 fn rev(hash: u64, expires_at: u64) -> Revocation {
-    Revocation { hash, expires_at, reason: format!("r{hash}"), revoked_at: 100, api_key: false }
+    Revocation {
+        hash,
+        expires_at,
+        reason: format!("r{hash}"),
+        revoked_at: 100,
+        api_key: false,
+    }
 }
 
 fn hashes(s: &RevocationStore) -> Vec<u64> {
@@ -23,7 +29,9 @@ fn revocations_survive_reopen_and_unrevoke_is_recorded() {
     assert_eq!(hashes(&s), vec![2]);
     assert_eq!(report.records, 4);
     assert_eq!(report.torn_tail_bytes, 0);
-    let mode = std::fs::metadata(dir.path().join(LOG)).unwrap().permissions();
+    let mode = std::fs::metadata(dir.path().join(LOG))
+        .unwrap()
+        .permissions();
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(mode.mode() & 0o777, 0o600);
 }
@@ -125,8 +133,13 @@ fn damage_before_good_records_is_an_error_and_the_file_is_untouched() {
     let mut data = std::fs::read(&path).unwrap();
     data[MAGIC.len() + 12] ^= 0x55; // inside the first payload
     std::fs::write(&path, &data).unwrap();
-    let err = RevocationStore::open(dir.path(), 0).err().expect("must refuse");
-    assert!(matches!(err, StoreError::Corrupt { offset: 8, .. }), "{err}");
+    let err = RevocationStore::open(dir.path(), 0)
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(err, StoreError::Corrupt { offset: 8, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("left untouched"));
     assert_eq!(std::fs::read(&path).unwrap(), data);
 }
@@ -135,7 +148,9 @@ fn damage_before_good_records_is_an_error_and_the_file_is_untouched() {
 fn a_foreign_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(LOG), b"something else entirely").unwrap();
-    let err = RevocationStore::open(dir.path(), 0).err().expect("must refuse");
+    let err = RevocationStore::open(dir.path(), 0)
+        .err()
+        .expect("must refuse");
     assert!(matches!(err, StoreError::BadHeader(_)));
 }
 
@@ -144,7 +159,11 @@ fn compaction_keeps_exactly_the_live_set() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
     for h in 0..2000u64 {
-        s.revoke(Revocation { reason: "x".repeat(600), ..rev(h, if h % 5 == 0 { 50 } else { 0 }) }).unwrap();
+        s.revoke(Revocation {
+            reason: "x".repeat(600),
+            ..rev(h, if h % 5 == 0 { 50 } else { 0 })
+        })
+        .unwrap();
     }
     for h in (0..2000u64).filter(|h| h % 3 != 0) {
         s.unrevoke(h, "y", 10).unwrap();
@@ -169,6 +188,10 @@ fn compaction_keeps_exactly_the_live_set() {
 fn long_reasons_are_clipped_on_a_char_boundary() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
-    s.revoke(Revocation { reason: "é".repeat(MAX_REASON), ..rev(1, 0) }).unwrap();
+    s.revoke(Revocation {
+        reason: "é".repeat(MAX_REASON),
+        ..rev(1, 0)
+    })
+    .unwrap();
     assert!(s.get(1).unwrap().reason.len() <= MAX_REASON);
 }
