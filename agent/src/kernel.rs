@@ -2,7 +2,7 @@
 //! directory, attaches to interfaces and gives typed access to the maps.
 //!
 //! Layout under the bpffs directory (default `/sys/fs/bpf/tokenwall`):
-//! `maps/REVOKED`, `maps/CONFIG`, `maps/COUNTERS`, `maps/EVENTS` and `links/<iface>.<hook>`.
+//! `maps/REVOKED`, `maps/CONFIG`, `maps/COUNTERS`, `maps/EVENTS` and `links/<hook>@<iface>`.
 //! Maps and links outlive the daemon: a restart reuses them, and a new program replaces the old
 //! one inside the existing link atomically (`bpf_link_update`), so enforcement never stops.
 
@@ -90,8 +90,12 @@ pub struct Kernel {
     links: Vec<(Attachment, FdLink)>,
 }
 
+/// Pin path of a link: `links/<hook>@<iface>`. bpffs refuses names containing `.`, which
+/// interface names may have (`eth0.100`), so dots are written as `%2E`.
 fn link_pin(bpffs: &Path, iface: &str, hook: Hook) -> PathBuf {
-    bpffs.join("links").join(format!("{iface}.{}", hook.name()))
+    bpffs
+        .join("links")
+        .join(format!("{}@{}", hook.name(), iface.replace('.', "%2E")))
 }
 
 impl Kernel {
@@ -109,7 +113,7 @@ impl Kernel {
         let level = kernel_log_level as u8;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
-            .set_global(aya_log::LEVEL, &level, false)
+            .override_global(aya_log::LEVEL, &level, false)
             .load(OBJECT)
             .context("loading the eBPF object (are you root, with bpffs mounted?)")?;
         // Kernel log records are forwarded only inside the daemon's runtime (tests and benches
@@ -385,12 +389,12 @@ pub fn attachments(bpffs: &Path) -> Vec<Attachment> {
     };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((iface, hook)) = name.rsplit_once('.') else {
+        let Some((hook, iface)) = name.split_once('@') else {
             continue;
         };
         if let Some(hook) = Hook::ALL.into_iter().find(|h| h.name() == hook) {
             out.push(Attachment {
-                iface: iface.to_string(),
+                iface: iface.replace("%2E", "."),
                 hook,
             });
         }

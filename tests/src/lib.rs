@@ -1,3 +1,14 @@
-//! Test support for the privileged integration tests.
+//! Test support for tokenwall's privileged integration tests and demo: throwaway network
+//! namespaces joined by veth, a real nginx, real curl, the real daemon, and packet builders for
+//! `BPF_PROG_TEST_RUN`.
 
+pub mod client;
+pub mod daemon;
+pub mod nginx;
 pub mod packet;
+pub mod testbed;
+
+pub use client::{CurlResult, Req};
+pub use daemon::{Daemon, tokenwall_bin};
+pub use nginx::Nginx;
+pub use testbed::Testbed;

@@ -1,0 +1,115 @@
+//! A real nginx as the HTTP server in the server namespace, with its own access log.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::testbed::{SERVER_IP4, SERVER_IP6, Testbed};
+
+/// A running nginx; killed on drop.
+pub struct Nginx {
+    child: Child,
+    access_log: PathBuf,
+    /// Port it listens on (IPv4 and IPv6 server addresses).
+    pub port: u16,
+}
+
+impl Testbed {
+    /// Starts nginx answering `200 ok` on `port` and waits until it accepts connections.
+    pub fn start_nginx(&self, port: u16) -> anyhow::Result<Nginx> {
+        let dir = self.work_dir().join("nginx");
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let access_log = dir.join("logs/access.log");
+        let conf = format!(
+            r#"daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    log_format tw '$remote_addr "$request" $status';
+    access_log {log} tw;
+    client_body_temp_path {dir}/body;
+    keepalive_timeout 30s;
+    server {{
+        listen {SERVER_IP4}:{port};
+        listen [{SERVER_IP6}]:{port};
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#,
+            dir = dir.display(),
+            log = access_log.display()
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = self
+            .command_in(self.server_ns(), "nginx".as_ref())
+            .args([
+                "-p",
+                &dir.display().to_string(),
+                "-c",
+                &conf_path.display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (is it installed? cargo xtask setup)")?;
+        let nginx = Nginx {
+            child,
+            access_log,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let probe = Command::new("nsenter")
+                .args([
+                    format!("--net=/run/netns/{}", self.client_ns()),
+                    "--".into(),
+                ])
+                .args([
+                    "bash",
+                    "-c",
+                    &format!("exec 3<>/dev/tcp/{SERVER_IP4}/{port}"),
+                ])
+                .stderr(Stdio::null())
+                .status()?;
+            if probe.success() {
+                return Ok(nginx);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nginx did not start listening on {SERVER_IP4}:{port} within 10 s")
+    }
+}
+
+impl Nginx {
+    /// Lines of the access log so far.
+    pub fn access_log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether a request for `path` reached nginx (it logs when the request completes).
+    pub fn saw_path(&self, path: &str) -> bool {
+        let needle = format!(" {path} HTTP/");
+        self.access_log_lines().iter().any(|l| l.contains(&needle))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
