@@ -133,7 +133,7 @@ pub const fn is_tchar(b: u8) -> bool {
 /// The `Bearer ` scheme prefix as a masked word: `(load(v) | BEARER_FOLD) & BEARER_KEEP == BEARER_WORD`.
 pub const BEARER_WORD: u64 = u64::from_le_bytes(*b"bearer \0");
 /// Case folding for the six scheme letters (not for the space).
-pub const BEARER_FOLD: u64 = 0x0000_0020_2020_2020_20;
+pub const BEARER_FOLD: u64 = 0x0000_2020_2020_2020;
 /// The seven bytes the scheme prefix covers.
 pub const BEARER_KEEP: u64 = 0x00ff_ffff_ffff_ffff;
 /// Most optional-whitespace bytes skipped before a header value or a token.

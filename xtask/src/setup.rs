@@ -82,12 +82,11 @@ pub fn setup() -> anyhow::Result<()> {
     if let Some(llvm) = nightly
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
+        && !llvm.starts_with("22.")
     {
-        if !llvm.starts_with("22.") {
-            println!(
-                "setup: warning: nightly uses LLVM {llvm}; bpf-linker built for LLVM 22 may not read its bitcode"
-            );
-        }
+        println!(
+            "setup: warning: nightly uses LLVM {llvm}; bpf-linker built for LLVM 22 may not read its bitcode"
+        );
     }
     let components = output(
         "rustup",
