@@ -130,6 +130,36 @@ pub const fn is_tchar(b: u8) -> bool {
         )
 }
 
+const fn tchar_bits(from: u8) -> u64 {
+    let mut bits = 0u64;
+    let mut i = 0u8;
+    while i < 64 {
+        if is_tchar(from + i) {
+            bits |= 1 << i;
+        }
+        i += 1;
+    }
+    bits
+}
+
+/// `tchar` membership of bytes 0..64, one bit per byte.
+pub const TCHAR_LO: u64 = tchar_bits(0);
+/// `tchar` membership of bytes 64..128, one bit per byte.
+pub const TCHAR_HI: u64 = tchar_bits(64);
+
+/// Whether `b` is a `tchar`, by bitmap (the form the kernel uses).
+#[inline(always)]
+pub const fn tchar_bit(b: u8) -> bool {
+    let word = if b < 64 {
+        TCHAR_LO
+    } else if b < 128 {
+        TCHAR_HI
+    } else {
+        0
+    };
+    (word >> (b & 63)) & 1 == 1
+}
+
 /// The `Bearer ` scheme prefix as a masked word: `(load(v) | BEARER_FOLD) & BEARER_KEEP == BEARER_WORD`.
 pub const BEARER_WORD: u64 = u64::from_le_bytes(*b"bearer \0");
 /// Case folding for the six scheme letters (not for the space).
@@ -213,6 +243,13 @@ mod tests {
             Err(NeedleError::TooLong)
         );
         assert!(HeaderNeedle::new(&[b'x'; 31], NEEDLE_RAW).is_ok());
+    }
+
+    #[test]
+    fn tchar_bitmap_equals_the_definition() {
+        for b in 0..=255u8 {
+            assert_eq!(tchar_bit(b), is_tchar(b), "byte {b}");
+        }
     }
 
     #[test]

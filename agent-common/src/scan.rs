@@ -8,6 +8,7 @@ use crate::{
     SCAN_BUF_LEN,
     config::{
         BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER,
+        tchar_bit,
     },
 };
 
@@ -34,17 +35,14 @@ pub enum ScanOutcome {
     Skipped,
 }
 
-/// Whether a payload begins like an HTTP/1.x request line: 1 to 20 method bytes
-/// (`A-Z`, `-`, `_`, starting with a letter) followed by a space.
+/// Whether a payload begins like an HTTP/1.x request line: a method token of 1 to 20 RFC 9110
+/// `tchar` bytes followed by a space.
 pub fn is_request_start(buf: &[u8]) -> bool {
-    if buf.first().is_none_or(|b| !b.is_ascii_uppercase()) {
-        return false;
-    }
     for (i, &b) in buf.iter().enumerate().take(MAX_METHOD + 1) {
         if b == b' ' {
             return i > 0;
         }
-        if !(b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+        if !tchar_bit(b) {
             return false;
         }
     }
@@ -217,7 +215,7 @@ mod tests {
         for p in [
             &b"HTTP/1.1 200 OK\r\n"[..],
             b"\x16\x03\x01\x02\x00",
-            b"get / HTTP/1.1\r\n",
+            b"GET(/ HTTP/1.1\r\n",
             b" GET /",
             b"GET",
             b"",
@@ -229,6 +227,10 @@ mod tests {
             );
         }
         assert!(is_request_start(b"M-SEARCH * HTTP/1.1"));
+        assert!(
+            is_request_start(b"get / HTTP/1.1"),
+            "methods are any token, not only upper case"
+        );
         assert!(!is_request_start(b"ABCDEFGHIJKLMNOPQRSTU /"));
     }
 

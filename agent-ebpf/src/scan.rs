@@ -11,6 +11,7 @@ use agent_common::{
     SCAN_BUF_LEN, SCAN_MASK, SCAN_PAD,
     config::{
         BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER,
+        tchar_bit,
     },
     hash::{HashKey, SipState, tail_mask},
 };
@@ -227,19 +228,15 @@ unsafe extern "C" fn scan_line(index: u32, _ctx: *mut c_void) -> i64 {
 /// Whether the buffer starts with a method token and a space (`agent_common::scan::is_request_start`).
 #[inline(always)]
 fn is_request_start(s: &Scratch, len: u32) -> bool {
-    let first = byte(s, 0);
-    if len == 0 || !first.is_ascii_uppercase() {
-        return false;
-    }
-    for i in 1..=MAX_METHOD {
+    for i in 0..=MAX_METHOD {
         if i >= len {
             return false;
         }
         let b = byte(s, i);
         if b == b' ' {
-            return true;
+            return i > 0;
         }
-        if !(b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+        if !tchar_bit(b) {
             return false;
         }
     }

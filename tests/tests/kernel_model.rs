@@ -89,7 +89,15 @@ fn header_line() -> impl Strategy<Value = String> {
 fn http_request() -> impl Strategy<Value = Vec<u8>> {
     (
         prop::sample::select(vec![
-            "GET", "POST", "PUT", "DELETE", "PATCH", "M-SEARCH", "OPTIONS",
+            "GET",
+            "POST",
+            "PUT",
+            "DELETE",
+            "PATCH",
+            "M-SEARCH",
+            "OPTIONS",
+            "get",
+            "X.Custom~1",
         ]),
         prop::collection::vec(header_line(), 0..12),
         prop::option::weighted(0.2, 900usize..1300),
