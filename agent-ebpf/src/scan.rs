@@ -243,20 +243,32 @@ fn is_request_start(s: &Scratch, len: u32) -> bool {
     false
 }
 
-/// Hashes `tlen` bytes at `start` under `key`.
+/// Finds the end of the token at `start` and hashes it in the same pass: every word without a
+/// terminator is a full SipHash block; the word holding the terminator gives the final block.
+/// `None` when the token does not end inside the `len` scanned bytes.
 #[inline(always)]
-fn hash_token(s: &Scratch, key: &HashKey, start: u32, tlen: u32) -> u64 {
+fn hash_token(s: &Scratch, key: &HashKey, start: u32, len: u32) -> Option<u64> {
     let mut st = SipState::new(key);
     let mut c = Cursor::new(s, start);
-    let blocks = tlen >> 3;
-    for i in 0..(SCAN_BUF_LEN as u32 / 8) {
-        if i >= blocks {
-            break;
+    let mut q = start;
+    for _ in 0..(SCAN_BUF_LEN / 8) {
+        if q >= len {
+            return None;
         }
-        st.compress(c.next(s));
+        let w = c.next(s);
+        let t = token_ends(w);
+        if t != 0 {
+            let k = first_flag(t);
+            let end = q + k;
+            if end >= len || end == start {
+                return None;
+            }
+            return Some(st.finish(w & tail_mask(k as u64), (end - start) as u64));
+        }
+        st.compress(w);
+        q += 8;
     }
-    let tail = c.next(s) & tail_mask((tlen & 7) as u64);
-    st.finish(tail, tlen as u64)
+    None
 }
 
 /// Scans a payload already copied into `SCRATCH` (`len` bytes).
@@ -283,33 +295,8 @@ pub fn scan(s: &mut Scratch, len: u32, key: &HashKey) -> Scan {
     if start >= len || len > SCAN_BUF_LEN as u32 {
         return Scan::Skipped;
     }
-    let mut c = Cursor::new(s, start);
-    let mut q = start;
-    let mut tlen = 0;
-    for _ in 0..(SCAN_BUF_LEN / 8) {
-        if q >= len {
-            return Scan::Skipped;
-        }
-        let t = token_ends(c.next(s));
-        if t != 0 {
-            let end = q + first_flag(t);
-            if end >= len {
-                return Scan::Skipped;
-            }
-            tlen = end - start;
-            break;
-        }
-        q += 8;
+    match hash_token(s, key, start, len) {
+        Some(hash) => Scan::Token(Found { kind, hash }),
+        None => Scan::Skipped,
     }
-    if tlen == 0 {
-        return Scan::Skipped;
-    }
-    // Launder the length through map memory: one verifier state for the hash loop, not one per exit.
-    let Some(tlen) = launder(tlen) else {
-        return Scan::Skipped;
-    };
-    Scan::Token(Found {
-        kind,
-        hash: hash_token(s, key, start & SCAN_MASK, tlen & SCAN_MASK),
-    })
 }
