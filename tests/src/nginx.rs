@@ -100,10 +100,30 @@ impl Nginx {
             .collect()
     }
 
-    /// Whether a request for `path` reached nginx (it logs when the request completes).
-    pub fn saw_path(&self, path: &str) -> bool {
+    fn logged(&self, path: &str) -> bool {
         let needle = format!(" {path} HTTP/");
         self.access_log_lines().iter().any(|l| l.contains(&needle))
+    }
+
+    /// Whether a request for `path` reached nginx. nginx writes the line after it sent the
+    /// response, so a client can finish first: this waits up to 2 s for the line to appear.
+    pub fn saw_path(&self, path: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if self.logged(path) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether `path` is absent from the log after letting nginx settle for 200 ms.
+    pub fn never_saw(&self, path: &str) -> bool {
+        std::thread::sleep(Duration::from_millis(200));
+        !self.logged(path)
     }
 }
 

@@ -119,7 +119,7 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
         start.elapsed(),
         r.stderr.trim()
     );
-    let reached = nginx.saw_path("/orders?who=mallory-after");
+    let reached = !nginx.never_saw("/orders?who=mallory-after");
     println!(
         "      nginx access log: {} lines; the revoked request {}",
         nginx.access_log_lines().len(),
