@@ -10,4 +10,5 @@ pub mod hashkey;
 pub mod kernel;
 pub mod service;
 pub mod store;
+pub mod tokens;
 pub mod until;

@@ -1,0 +1,3 @@
+//! Tokens: JWT signing and verification (jsonwebtoken with a ring-backed crypto provider).
+
+pub mod ring_provider;
