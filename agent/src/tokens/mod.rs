@@ -1,3 +1,4 @@
 //! Tokens: JWT signing and verification (jsonwebtoken with a ring-backed crypto provider).
 
 pub mod ring_provider;
+pub mod validate;
