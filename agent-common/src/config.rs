@@ -183,8 +183,8 @@ pub struct Config {
     pub ports: [u16; MAX_PORTS],
     /// An [`Action`] as `u32`.
     pub action: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// Non-zero when header-segment revocations exist, so the kernel hashes JWS header segments.
+    pub header_revocations: u32,
     /// `[0]` is `Authorization` with the bearer scheme; `[1]` the optional API-key header.
     pub needles: [HeaderNeedle; 2],
 }

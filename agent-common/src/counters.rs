@@ -26,6 +26,8 @@ pub enum Counter {
     ExpiredIgnored = 9,
     /// `reset` hits whose connection was already gone: passed so the stack answers with a reset.
     ResetNoSocket = 10,
+    /// Hits on a revoked JWS header segment (a whole signing key) rather than a single token.
+    RevokedKeyHits = 11,
 }
 
 /// Number of counter slots.
@@ -33,7 +35,7 @@ pub const COUNTER_SLOTS: u32 = 16;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::Packets,
         Counter::HttpRequests,
         Counter::BearerTokens,
@@ -45,6 +47,7 @@ impl Counter {
         Counter::Skipped,
         Counter::ExpiredIgnored,
         Counter::ResetNoSocket,
+        Counter::RevokedKeyHits,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -61,6 +64,7 @@ impl Counter {
             Counter::Skipped => "skipped",
             Counter::ExpiredIgnored => "expired_ignored",
             Counter::ResetNoSocket => "reset_no_socket",
+            Counter::RevokedKeyHits => "revoked_key_hits",
         }
     }
 }

@@ -20,13 +20,18 @@ pub struct HitEvent {
     pub sport: u16,
     /// Destination port, host order.
     pub dport: u16,
-    /// Reserved.
-    pub _pad: u16,
+    /// What matched: [`MATCH_TOKEN`] or [`MATCH_HEADER_SEGMENT`].
+    pub matched: u16,
     /// Source address (IPv4 in the first four bytes).
     pub saddr: [u8; 16],
     /// Destination address (IPv4 in the first four bytes).
     pub daddr: [u8; 16],
 }
+
+/// The whole token's hash matched.
+pub const MATCH_TOKEN: u16 = 1;
+/// The JWS header segment's hash matched (a revoked signing key).
+pub const MATCH_HEADER_SEGMENT: u16 = 2;
 
 /// Action value for a `reset` hit on a connection that no longer existed: the segment was passed
 /// and the local stack answered it with a reset.

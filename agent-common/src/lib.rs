@@ -19,12 +19,16 @@ pub const SCAN_BUF_LEN: usize = 4096;
 pub const SCAN_MASK: u32 = (SCAN_BUF_LEN as u32) - 1;
 /// Slack after the scan buffer so that an 8-byte load at any in-buffer offset stays in bounds.
 pub const SCAN_PAD: usize = 64;
+/// Longest JWS header segment (bytes before the first `.`) the kernel hashes.
+pub const MAX_HEADER_SEGMENT: usize = 512;
 /// Most TCP destination ports the kernel program watches.
 pub const MAX_PORTS: usize = 16;
 /// Longest header name (without the colon) a needle can hold.
 pub const MAX_HEADER_NAME: usize = 31;
 /// Default size of the revoked-token map.
 pub const REVOKED_MAX_ENTRIES: u32 = 1 << 20;
+/// Size of the revoked header-segment map.
+pub const REVOKED_HEADERS_MAX_ENTRIES: u32 = 4096;
 /// Bytes of ring buffer for hit events.
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
@@ -32,6 +36,8 @@ pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 pub mod map_names {
     /// Revoked token hash -> [`crate::revoked::RevokedEntry`].
     pub const REVOKED: &str = "REVOKED";
+    /// Revoked JWS header-segment hash -> [`crate::revoked::RevokedEntry`] (whole keys).
+    pub const REVOKED_HEADERS: &str = "REVOKED_HEADERS";
     /// One [`crate::config::Config`] at index 0.
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU `u64` counters indexed by [`crate::counters::Counter`].

@@ -5,12 +5,23 @@
 //! property tests below pin the model itself down. It works on the TCP payload of one segment.
 
 use crate::{
-    SCAN_BUF_LEN,
+    MAX_HEADER_SEGMENT, SCAN_BUF_LEN,
     config::{
         BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER,
         tchar_bit,
     },
 };
+
+/// The JWS header segment of a token: the bytes before its first `.`, when that is a non-empty
+/// prefix of at most [`MAX_HEADER_SEGMENT`] bytes. A JWT's header segment is the same for every
+/// token signed with one `(alg, typ, kid)` header, so revoking its hash revokes the whole key.
+pub fn jws_header_segment(token: &[u8]) -> Option<&[u8]> {
+    let dot = token
+        .iter()
+        .take(MAX_HEADER_SEGMENT + 1)
+        .position(|&b| b == b'.')?;
+    (dot > 0 && dot <= MAX_HEADER_SEGMENT).then(|| &token[..dot])
+}
 
 /// Longest HTTP method token the kernel accepts at the start of a segment.
 pub const MAX_METHOD: usize = 20;
@@ -151,6 +162,22 @@ mod tests {
             ScanOutcome::Token { start, len, .. } => Some(&req[start..start + len]),
             _ => None,
         }
+    }
+
+    #[test]
+    fn header_segment_is_the_part_before_the_first_dot() {
+        assert_eq!(
+            jws_header_segment(b"eyJhbGciOi.eyJzdWIi.c2ln"),
+            Some(&b"eyJhbGciOi"[..])
+        );
+        assert_eq!(jws_header_segment(b"opaque-token"), None);
+        assert_eq!(jws_header_segment(b".x.y"), None);
+        let long = [b'a'; MAX_HEADER_SEGMENT];
+        let mut t = long.to_vec();
+        t.push(b'.');
+        assert_eq!(jws_header_segment(&t), Some(&long[..]));
+        t.insert(0, b'a');
+        assert_eq!(jws_header_segment(&t), None, "past the limit");
     }
 
     #[test]

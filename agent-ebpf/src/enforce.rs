@@ -2,17 +2,18 @@
 
 use agent_common::{
     SCAN_BUF_LEN,
+    config::NEEDLE_BEARER,
     config::{Action, Config},
     counters::Counter,
-    event::{HIT_PASSED_TO_STACK, HitEvent},
+    event::{HIT_PASSED_TO_STACK, HitEvent, MATCH_HEADER_SEGMENT, MATCH_TOKEN},
 };
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use aya_log_ebpf::debug;
 
 use crate::{
-    CONFIG, COUNTERS, EVENTS, REVOKED, SCRATCH,
+    CONFIG, COUNTERS, EVENTS, REVOKED, REVOKED_HEADERS, SCRATCH,
     packet::{Flow, Packet, connection_exists, parse, rewrite_to_reset},
-    scan::{Scan, scan},
+    scan::{Found, Scan, hash_header_segment, scan},
 };
 
 /// What the hook should return.
@@ -33,20 +34,20 @@ fn count(c: Counter) {
 }
 
 #[inline(always)]
-fn report<P: Packet>(pkt: &P, flow: &Flow, cfg: &Config, hash: u64, kind: u32, action: u32) {
+fn report<P: Packet>(pkt: &P, flow: &Flow, cfg: &Config, found: &Found, action: u32, matched: u16) {
     let Some(mut entry) = EVENTS.reserve::<HitEvent>(0) else {
         return;
     };
     let mut ev = HitEvent {
         time_ns: unsafe { bpf_ktime_get_boot_ns() }.wrapping_add(cfg.clock_offset_ns),
-        token_hash: hash,
+        token_hash: found.hash,
         ifindex: pkt.ifindex(),
         action,
         ip_version: if flow.v6 { 6 } else { 4 },
-        token_kind: kind as u8,
+        token_kind: found.kind as u8,
         sport: u16::from_be(flow.sport),
         dport: u16::from_be(flow.dport),
-        _pad: 0,
+        matched,
         saddr: [0; 16],
         daddr: [0; 16],
     };
@@ -112,54 +113,57 @@ pub fn run<P: Packet>(pkt: &P) -> Verdict {
             found
         }
     };
-    count(if found.kind == agent_common::config::NEEDLE_BEARER {
+    count(if found.kind == NEEDLE_BEARER {
         Counter::BearerTokens
     } else {
         Counter::ApiKeys
     });
-    let Some(entry) = (unsafe { REVOKED.get(&found.hash) }) else {
+    let now = unsafe { bpf_ktime_get_boot_ns() }.wrapping_add(cfg.clock_offset_ns) / 1_000_000_000;
+    let mut hit = None;
+    match unsafe { REVOKED.get(&found.hash) } {
+        Some(e) if e.is_live(now) => hit = Some((found.hash, MATCH_TOKEN)),
+        Some(_) => count(Counter::ExpiredIgnored),
+        None => {}
+    }
+    // A whole revoked signing key: the token's JWS header segment is revoked.
+    if hit.is_none()
+        && cfg.header_revocations != 0
+        && found.kind == NEEDLE_BEARER
+        && let Some(h) = hash_header_segment(&cfg.key, found.start)
+    {
+        match unsafe { REVOKED_HEADERS.get(&h) } {
+            Some(e) if e.is_live(now) => {
+                count(Counter::RevokedKeyHits);
+                hit = Some((h, MATCH_HEADER_SEGMENT));
+            }
+            Some(_) => count(Counter::ExpiredIgnored),
+            None => {}
+        }
+    }
+    let Some((hash, matched)) = hit else {
         return Verdict::Pass;
     };
-    let now = unsafe { bpf_ktime_get_boot_ns() }.wrapping_add(cfg.clock_offset_ns) / 1_000_000_000;
-    if !entry.is_live(now) {
-        count(Counter::ExpiredIgnored);
-        return Verdict::Pass;
-    }
     count(Counter::RevokedHits);
-    debug!(pkt.ctx(), "revoked token {:x}", found.hash);
-    let action = Action::from_u32(cfg.action);
-    match action {
+    debug!(pkt.ctx(), "revoked token {:x}", hash);
+    let report = |action: u32| report(pkt, &flow, cfg, &Found { hash, ..found }, action, matched);
+    match Action::from_u32(cfg.action) {
         Action::Observe => {
             count(Counter::Observed);
-            report(
-                pkt,
-                &flow,
-                cfg,
-                found.hash,
-                found.kind,
-                Action::Observe as u32,
-            );
+            report(Action::Observe as u32);
             Verdict::Pass
         }
         Action::Drop => {
             count(Counter::Dropped);
-            report(pkt, &flow, cfg, found.hash, found.kind, Action::Drop as u32);
+            report(Action::Drop as u32);
             Verdict::Drop
         }
         Action::Reset => {
             if !connection_exists(pkt, &flow) {
                 count(Counter::ResetNoSocket);
-                report(pkt, &flow, cfg, found.hash, found.kind, HIT_PASSED_TO_STACK);
+                report(HIT_PASSED_TO_STACK);
                 return Verdict::Pass;
             }
-            report(
-                pkt,
-                &flow,
-                cfg,
-                found.hash,
-                found.kind,
-                Action::Reset as u32,
-            );
+            report(Action::Reset as u32);
             if rewrite_to_reset(pkt, &flow) {
                 count(Counter::Reset);
                 Verdict::Rewritten

@@ -9,8 +9,8 @@ mod packet;
 mod scan;
 
 use agent_common::{
-    EVENTS_RING_BYTES, REVOKED_MAX_ENTRIES, config::Config, counters::COUNTER_SLOTS,
-    revoked::RevokedEntry,
+    EVENTS_RING_BYTES, REVOKED_HEADERS_MAX_ENTRIES, REVOKED_MAX_ENTRIES, config::Config,
+    counters::COUNTER_SLOTS, revoked::RevokedEntry,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
@@ -29,6 +29,11 @@ use crate::{
 #[map]
 static REVOKED: HashMap<u64, RevokedEntry> =
     HashMap::pinned(REVOKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Revoked JWS header-segment hash -> entry: every token of a revoked signing key.
+#[map]
+static REVOKED_HEADERS: HashMap<u64, RevokedEntry> =
+    HashMap::pinned(REVOKED_HEADERS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The agent's configuration, index 0.
 #[map]

@@ -8,7 +8,7 @@
 //! not a multiple of eight.
 
 use agent_common::{
-    SCAN_BUF_LEN, SCAN_MASK, SCAN_PAD,
+    MAX_HEADER_SEGMENT, SCAN_BUF_LEN, SCAN_MASK, SCAN_PAD,
     config::{
         BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER,
         tchar_bit,
@@ -67,6 +67,8 @@ pub struct Found {
     pub kind: u32,
     /// Keyed hash of the token bytes.
     pub hash: u64,
+    /// Offset of the token in the scratch buffer.
+    pub start: u32,
 }
 
 /// Result of scanning one request.
@@ -132,6 +134,13 @@ fn first_flag(t: u64) -> u32 {
 #[inline(always)]
 fn newlines(w: u64) -> u64 {
     let x = w ^ (ONES * b'\n' as u64);
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// Flags bytes equal to `.`; the lowest flag is exact.
+#[inline(always)]
+fn dots(w: u64) -> u64 {
+    let x = w ^ (ONES * b'.' as u64);
     x.wrapping_sub(ONES) & !x & HIGHS
 }
 
@@ -271,6 +280,46 @@ fn hash_token(s: &Scratch, key: &HashKey, start: u32, len: u32) -> Option<u64> {
     None
 }
 
+/// Hashes the JWS header segment of the token at `start`: the bytes before its first `.`
+/// (`agent_common::scan::jws_header_segment`). `None` when there is no such segment.
+#[inline(always)]
+pub fn hash_header_segment(key: &HashKey, start: u32) -> Option<u64> {
+    let sp = SCRATCH.get_ptr_mut(0)?;
+    let s = unsafe { &*sp };
+    let len = s.len;
+    if start >= len || len > SCAN_BUF_LEN as u32 {
+        return None;
+    }
+    let mut st = SipState::new(key);
+    let mut c = Cursor::new(s, start);
+    let mut q = start;
+    for _ in 0..(MAX_HEADER_SEGMENT / 8 + 1) {
+        if q >= len {
+            return None;
+        }
+        let w = c.next(s);
+        let d = dots(w);
+        let t = d | token_ends(w);
+        if t != 0 {
+            // The lowest flag of the union is the lowest of the two exact lowest flags.
+            let k = first_flag(t);
+            let end = q + k;
+            let seg = end - start;
+            if (d >> (k * 8 + 7)) & 1 == 0
+                || end >= len
+                || seg == 0
+                || seg > MAX_HEADER_SEGMENT as u32
+            {
+                return None;
+            }
+            return Some(st.finish(w & tail_mask(k as u64), seg as u64));
+        }
+        st.compress(w);
+        q += 8;
+    }
+    None
+}
+
 /// Scans a payload already copied into `SCRATCH` (`len` bytes).
 #[inline(always)]
 pub fn scan(s: &mut Scratch, len: u32, key: &HashKey) -> Scan {
@@ -296,7 +345,7 @@ pub fn scan(s: &mut Scratch, len: u32, key: &HashKey) -> Scan {
         return Scan::Skipped;
     }
     match hash_token(s, key, start, len) {
-        Some(hash) => Scan::Token(Found { kind, hash }),
+        Some(hash) => Scan::Token(Found { kind, hash, start }),
         None => Scan::Skipped,
     }
 }

@@ -111,6 +111,8 @@ pub struct EventLine {
     pub kind: String,
     /// `drop`, `reset`, `observe` or `passed_to_stack`.
     pub action: String,
+    /// `token` (this token is revoked) or `signing_key` (its JWS header segment is).
+    pub matched: String,
     /// Interface name (or index when unknown).
     pub iface: String,
     /// Client address and port.

@@ -6,7 +6,7 @@ use std::{os::unix::fs::DirBuilderExt as _, sync::Arc, time::Duration};
 use agent_common::{
     MAX_PORTS,
     config::{Action, Config, HeaderNeedle, NEEDLE_BEARER, NEEDLE_RAW},
-    event::{HIT_PASSED_TO_STACK, HitEvent},
+    event::{HIT_PASSED_TO_STACK, HitEvent, MATCH_HEADER_SEGMENT},
     hash::HashKey,
 };
 use anyhow::{Context as _, bail};
@@ -188,6 +188,12 @@ pub fn event_line(ev: &HitEvent) -> EventLine {
             HIT_PASSED_TO_STACK => "passed_to_stack".to_string(),
             a => action_name(Action::from_u32(a)).to_string(),
         },
+        matched: if ev.matched == MATCH_HEADER_SEGMENT {
+            "signing_key"
+        } else {
+            "token"
+        }
+        .to_string(),
         iface: iface_name(ev.ifindex),
         source: addr(&ev.saddr, ev.sport),
         destination: addr(&ev.daddr, ev.dport),

@@ -84,6 +84,7 @@ pub struct Kernel {
     ebpf: Ebpf,
     bpffs: PathBuf,
     revoked: HashMap<MapData, u64, RevokedEntry>,
+    revoked_headers: HashMap<MapData, u64, RevokedEntry>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     /// Links this process holds (dropping one closes our fd; the pin keeps it attached).
@@ -140,12 +141,14 @@ impl Kernel {
             .try_into()?;
         baseline.load().context("loading the baseline program")?;
         let revoked = HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED)?)?;
+        let revoked_headers = HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED_HEADERS)?)?;
         let config = Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
         Ok(Self {
             ebpf,
             bpffs: bpffs.to_path_buf(),
             revoked,
+            revoked_headers,
             config,
             counters,
             links: Vec::new(),
@@ -178,15 +181,19 @@ impl Kernel {
 
     /// Removes a revoked entry; absent entries are fine.
     pub fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
-        match self.revoked.remove(&hash) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        remove_key(&mut self.revoked, hash)
+    }
+
+    /// Inserts or replaces a revoked JWS header segment (every token of one signing key).
+    pub fn insert_header(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
+        self.revoked_headers
+            .insert(hash, entry, 0)
+            .context("updating the revoked-header map (full?)")
+    }
+
+    /// Removes a revoked header segment; absent entries are fine.
+    pub fn remove_header(&mut self, hash: u64) -> anyhow::Result<()> {
+        remove_key(&mut self.revoked_headers, hash)
     }
 
     /// Every hash in the revoked map.
@@ -338,6 +345,18 @@ impl Kernel {
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing"))?;
         Ok(p.try_into()?)
+    }
+}
+
+fn remove_key(map: &mut HashMap<MapData, u64, RevokedEntry>, hash: u64) -> anyhow::Result<()> {
+    match map.remove(&hash) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

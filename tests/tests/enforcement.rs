@@ -157,6 +157,7 @@ fn observe_serves_counts_and_streams_the_event() {
     assert_eq!(ev["fingerprint"], fp.as_str());
     assert_eq!(ev["action"], "observe");
     assert_eq!(ev["kind"], "bearer");
+    assert_eq!(ev["matched"], "token");
     assert!(
         ev["source"].as_str().unwrap().starts_with("192.0.2.2:"),
         "{ev}"

@@ -10,7 +10,7 @@ use agent_common::{
     hash::{HashKey, token_hash},
     program_names,
     revoked::RevokedEntry,
-    scan::{ScanOutcome, scan_payload},
+    scan::{ScanOutcome, jws_header_segment, scan_payload},
 };
 use proptest::{prelude::*, test_runner::TestRunner};
 use tokenwall::kernel::Kernel;
@@ -43,6 +43,7 @@ fn load(tag: &str, action: Action) -> (Kernel, Config, Pins) {
     cfg.ports[3] = PORT;
     cfg.needles[0] = HeaderNeedle::new(b"Authorization", NEEDLE_BEARER).unwrap();
     cfg.needles[1] = HeaderNeedle::new(b"X-Api-Key", NEEDLE_RAW).unwrap();
+    cfg.header_revocations = 1;
     kernel.set_config(&cfg).unwrap();
     (kernel, cfg, pins)
 }
@@ -184,71 +185,95 @@ fn xdp_and_tc_agree_with_the_reference_model() {
         cases: 400,
         ..ProptestConfig::default()
     });
-    let result = runner.run(
-        &(segment(), payload(), any::<bool>()),
-        |(seg, payload, revoke)| {
-            let mut k = kernel.borrow_mut();
-            let model = scan_payload(&payload, &cfg.needles);
-            let frame = seg.frame(&payload);
-            let hash = match model {
-                ScanOutcome::Token { start, len, .. } => {
-                    Some(token_hash(&cfg.key, &payload[start..start + len]))
-                }
-                _ => None,
-            };
-            if let (Some(h), true) = (hash, revoke) {
+    let key_cases = std::cell::Cell::new(0u32);
+    // What each case revokes: 0 nothing, 1 the token, 2 its JWS header segment (a whole key).
+    let result = runner.run(&(segment(), payload(), 0u8..3), |(seg, payload, revoke)| {
+        let mut k = kernel.borrow_mut();
+        let model = scan_payload(&payload, &cfg.needles);
+        let frame = seg.frame(&payload);
+        let token = match model {
+            ScanOutcome::Token { start, len, kind } => Some((&payload[start..start + len], kind)),
+            _ => None,
+        };
+        let mut inserted = None;
+        if let Some((t, kind)) = token {
+            if revoke == 1 {
+                let h = token_hash(&cfg.key, t);
                 k.insert(h, RevokedEntry::default()).unwrap();
+                inserted = Some((h, false));
+            } else if revoke == 2
+                && kind == NEEDLE_BEARER
+                && let Some(seg) = jws_header_segment(t)
+            {
+                let h = token_hash(&cfg.key, seg);
+                k.insert_header(h, RevokedEntry::default()).unwrap();
+                inserted = Some((h, true));
             }
-            for (prog, hit, miss) in [
-                (program_names::XDP, XDP_DROP, XDP_PASS),
-                (program_names::TC, TC_ACT_SHOT, TC_ACT_UNSPEC),
-            ] {
-                let before = counters(&k);
-                let out = k.test_run(prog, &frame, 1).unwrap();
-                let after = counters(&k);
-                let delta = |name: &str| after[name] - before[name];
-                let expect_hit = hash.is_some() && revoke;
-                prop_assert_eq!(
-                    out.verdict,
-                    if expect_hit { hit } else { miss },
-                    "{} verdict for {:?}",
-                    prog,
-                    model
-                );
-                let (http, bearer, api, skipped) = match model {
-                    ScanOutcome::NotRequest => (0, 0, 0, 0),
-                    ScanOutcome::NoToken => (1, 0, 0, 0),
-                    ScanOutcome::Skipped => (1, 0, 0, 1),
-                    ScanOutcome::Token { kind, .. } => (
-                        1,
-                        u64::from(kind == NEEDLE_BEARER),
-                        u64::from(kind == NEEDLE_RAW),
-                        0,
-                    ),
-                };
-                prop_assert_eq!(
-                    (
-                        delta("http_requests"),
-                        delta("bearer_tokens"),
-                        delta("api_keys"),
-                        delta("skipped"),
-                        delta("revoked_hits")
-                    ),
-                    (http, bearer, api, skipped, u64::from(expect_hit)),
-                    "{} counters for {:?}",
-                    prog,
-                    model
-                );
-            }
-            if let Some(h) = hash {
-                k.remove(h).unwrap();
-            }
-            Ok(())
-        },
-    );
+        }
+        let expect_hit = inserted.is_some();
+        let expect_key_hit = matches!(inserted, Some((_, true)));
+        key_cases.set(key_cases.get() + u32::from(expect_key_hit));
+        for (prog, hit, miss) in [
+            (program_names::XDP, XDP_DROP, XDP_PASS),
+            (program_names::TC, TC_ACT_SHOT, TC_ACT_UNSPEC),
+        ] {
+            let before = counters(&k);
+            let out = k.test_run(prog, &frame, 1).unwrap();
+            let after = counters(&k);
+            let delta = |name: &str| after[name] - before[name];
+            prop_assert_eq!(
+                out.verdict,
+                if expect_hit { hit } else { miss },
+                "{} verdict for {:?}",
+                prog,
+                model
+            );
+            let (http, bearer, api, skipped) = match model {
+                ScanOutcome::NotRequest => (0, 0, 0, 0),
+                ScanOutcome::NoToken => (1, 0, 0, 0),
+                ScanOutcome::Skipped => (1, 0, 0, 1),
+                ScanOutcome::Token { kind, .. } => (
+                    1,
+                    u64::from(kind == NEEDLE_BEARER),
+                    u64::from(kind == NEEDLE_RAW),
+                    0,
+                ),
+            };
+            prop_assert_eq!(
+                (
+                    delta("http_requests"),
+                    delta("bearer_tokens"),
+                    delta("api_keys"),
+                    delta("skipped")
+                ),
+                (http, bearer, api, skipped),
+                "{} counters for {:?}",
+                prog,
+                model
+            );
+            prop_assert_eq!(
+                (delta("revoked_hits"), delta("revoked_key_hits")),
+                (u64::from(expect_hit), u64::from(expect_key_hit)),
+                "{} hit counters for {:?}",
+                prog,
+                model
+            );
+        }
+        match inserted {
+            Some((h, false)) => k.remove(h).unwrap(),
+            Some((h, true)) => k.remove_header(h).unwrap(),
+            None => {}
+        }
+        Ok(())
+    });
     if let Err(e) = result {
         panic!("kernel and model disagree: {e}");
     }
+    assert!(
+        key_cases.get() >= 10,
+        "only {} whole-key cases were exercised",
+        key_cases.get()
+    );
 }
 
 #[test]
@@ -370,4 +395,48 @@ fn reset_rewrites_only_live_connections() {
     let out = k.test_run(program_names::XDP, &frame, 1).unwrap();
     assert_eq!((out.verdict, &out.packet), (XDP_PASS, &frame));
     assert_eq!(counters(&k)["reset_no_socket"], 1);
+}
+
+#[test]
+fn a_revoked_signing_key_drops_tokens_never_seen_before() {
+    let (mut k, cfg, _pins) = load("key", Action::Drop);
+    let header = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsxIn0";
+    let req = |t: &str| {
+        Segment::v4(PORT)
+            .frame(format!("GET / HTTP/1.1\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes())
+    };
+    k.insert_header(
+        token_hash(&cfg.key, header.as_bytes()),
+        RevokedEntry::default(),
+    )
+    .unwrap();
+    for fresh in [
+        format!("{header}.eyJzdWIiOiJhIn0.c2lnMQ"),
+        format!("{header}.eyJzdWIiOiJiIn0.c2lnMg"),
+    ] {
+        assert_eq!(
+            k.test_run(program_names::XDP, &req(&fresh), 1)
+                .unwrap()
+                .verdict,
+            XDP_DROP
+        );
+    }
+    let other_key = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsyIn0.eyJzdWIiOiJhIn0.c2ln";
+    assert_eq!(
+        k.test_run(program_names::XDP, &req(other_key), 1)
+            .unwrap()
+            .verdict,
+        XDP_PASS
+    );
+    assert_eq!(counters(&k)["revoked_key_hits"], 2);
+    // With no header revocation announced in the config, the kernel skips the header hash.
+    let mut off = cfg;
+    off.header_revocations = 0;
+    k.set_config(&off).unwrap();
+    assert_eq!(
+        k.test_run(program_names::XDP, &req(&format!("{header}.x.y")), 1)
+            .unwrap()
+            .verdict,
+        XDP_PASS
+    );
 }
