@@ -51,6 +51,32 @@ pub enum Request {
         /// Which token.
         token: TokenRef,
     },
+    /// Revoke the access token with this `jti` (indexed at issue or first validation).
+    RevokeJti {
+        /// The token id.
+        jti: String,
+        /// Why.
+        reason: Option<String>,
+    },
+    /// RFC 7662-style introspection of a token.
+    Introspect {
+        /// Which token (plaintext needed).
+        token: TokenRef,
+    },
+    /// Register an OAuth client; the reply carries its secret, once.
+    ClientsAdd {
+        /// Client id.
+        id: String,
+        /// Scopes it may request.
+        scopes: Vec<String>,
+    },
+    /// List clients.
+    ClientsList,
+    /// Remove a client.
+    ClientsRemove {
+        /// Client id.
+        id: String,
+    },
 }
 
 /// Result of a revoke or unrevoke.

@@ -39,6 +39,37 @@ pub enum Command {
     Fingerprint(FingerprintArgs),
     /// Remove enforcement from an interface, with its pins.
     Detach(DetachArgs),
+    /// Manage OAuth clients (secrets are shown once and stored hashed).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Whether a token is active, with its claims (RFC 7662 semantics).
+    Introspect(FingerprintArgs),
+}
+
+/// `tokenwall clients …`.
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Register a client and print its secret once.
+    Add {
+        /// Client id.
+        id: String,
+        /// Scope the client may request (repeatable).
+        #[arg(long = "scope", value_name = "S")]
+        scopes: Vec<String>,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List clients.
+    List(ClientArgs),
+    /// Remove a client.
+    Remove {
+        /// Client id.
+        id: String,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// What the kernel does with a revoked token.
@@ -90,6 +121,18 @@ pub struct RunArgs {
     /// Header carrying API keys (matched like the bearer token, without a scheme).
     #[arg(long, value_name = "NAME")]
     pub api_key_header: Option<String>,
+    /// Address of the HTTP API (forward-auth, OAuth endpoints, JWKS).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    pub http: std::net::SocketAddr,
+    /// `iss` of the tokens this host issues.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    pub issuer: String,
+    /// `aud` of the tokens this host issues (and requires).
+    #[arg(long, value_name = "AUD", default_value = "api")]
+    pub audience: String,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    pub access_ttl: u64,
 }
 
 /// Which token: exactly one of the three.
@@ -105,6 +148,9 @@ pub struct TokenArgs {
     /// The token's fingerprint (keyed hash, 16 hex digits).
     #[arg(long, value_name = "HEX")]
     pub hash: Option<String>,
+    /// The `jti` of a token this host issued or has validated (revoke only).
+    #[arg(long, value_name = "ID")]
+    pub jti: Option<String>,
 }
 
 /// `tokenwall revoke`.

@@ -25,6 +25,8 @@ pub fn token_ref(which: &TokenArgs) -> anyhow::Result<TokenRef> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     } else if let Some(hash) = &which.hash {
         return Ok(TokenRef::Hash(hash.clone()));
+    } else if which.jti.is_some() {
+        bail!("--jti works with revoke only");
     } else {
         bail!("give --token -, --token-file FILE or --hash HEX");
     };
@@ -56,6 +58,21 @@ pub async fn revoke(args: crate::cli::RevokeArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|u| parse_until(u, now()))
         .transpose()?;
+    if let Some(jti) = &args.which.jti {
+        let req = Request::RevokeJti {
+            jti: jti.clone(),
+            reason: args.reason.clone(),
+        };
+        let data = control::call(&args.client.control_socket, &req).await?;
+        let r: RevokeReply = serde_json::from_value(data.clone())?;
+        print(&args.client, &data, || {
+            format!(
+                "revoked jti {jti}: {} (in kernel: {})",
+                r.fingerprint, r.in_kernel
+            )
+        });
+        return Ok(());
+    }
     let req = Request::Revoke {
         token: token_ref(&args.which)?,
         until,
@@ -182,5 +199,68 @@ pub async fn detach(args: DetachArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     print(&args.client, &data, || format!("detached {}", args.iface));
+    Ok(())
+}
+
+/// `tokenwall introspect`.
+pub async fn introspect(args: crate::cli::FingerprintArgs) -> anyhow::Result<()> {
+    let req = Request::Introspect {
+        token: token_ref(&args.which)?,
+    };
+    let data = control::call(&args.client.control_socket, &req).await?;
+    print(&args.client, &data, || {
+        serde_json::to_string_pretty(&data).unwrap_or_default()
+    });
+    Ok(())
+}
+
+/// `tokenwall clients …`.
+pub async fn clients(cmd: crate::cli::ClientsCommand) -> anyhow::Result<()> {
+    use crate::cli::ClientsCommand as C;
+    match cmd {
+        C::Add { id, scopes, client } => {
+            let data = control::call(
+                &client.control_socket,
+                &Request::ClientsAdd {
+                    id: id.clone(),
+                    scopes,
+                },
+            )
+            .await?;
+            print(&client, &data, || {
+                format!(
+                    "client {id} added; its secret is shown only now:\n{}",
+                    data["client_secret"].as_str().unwrap_or_default()
+                )
+            });
+        }
+        C::List(client) => {
+            let data = control::call(&client.control_socket, &Request::ClientsList).await?;
+            print(&client, &data, || {
+                data.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| {
+                                format!(
+                                    "{}  scopes: {}",
+                                    c["client_id"].as_str().unwrap_or(""),
+                                    c["scopes"]
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default()
+            });
+        }
+        C::Remove { id, client } => {
+            let data = control::call(
+                &client.control_socket,
+                &Request::ClientsRemove { id: id.clone() },
+            )
+            .await?;
+            print(&client, &data, || format!("client {id} removed"));
+        }
+    }
     Ok(())
 }

@@ -18,9 +18,11 @@ use crate::{
     cli::{ActionArg, RunArgs},
     control,
     hashkey::{self, fingerprint},
+    http,
     kernel::{self, Kernel},
     service::{Service, Settings, action_name},
     store::RevocationStore,
+    tokens::authority::{Authority, Settings as AuthoritySettings},
     until::now,
 };
 
@@ -107,7 +109,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         bpffs: args.bpffs.clone(),
     };
-    let service = Arc::new(Service::new(key, settings, store, kernel));
+    let authority = Authority::open(
+        &args.state_dir,
+        AuthoritySettings {
+            issuer: args.issuer.clone(),
+            audience: args.audience.clone(),
+            access_ttl: args.access_ttl,
+        },
+    )?;
+    let service = Arc::new(Service::new(key, settings, store, kernel, authority));
     let (inserted, removed) = service.sync_kernel()?;
     log::info!("kernel map in step with the store: {inserted} entries, {removed} stale removed");
     for iface in &args.ifaces {
@@ -116,6 +126,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(forward_events(events, service.clone()));
     tokio::spawn(sweep(service.clone(), cfg));
     tokio::spawn(control::serve(listener, service.clone()));
+    let http_listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", args.http))?;
+    tokio::spawn(http::serve(http_listener, service.clone()));
     log::info!(
         "ready: {} on {} ports {:?}, action {}, control socket {}",
         args.hook.name(),

@@ -40,6 +40,8 @@ fn main() {
             Command::Events(args) => client::events(args).await,
             Command::Fingerprint(args) => client::fingerprint(args).await,
             Command::Detach(args) => client::detach(args).await,
+            Command::Clients(cmd) => client::clients(cmd).await,
+            Command::Introspect(args) => client::introspect(args).await,
         }
     });
     if let Err(e) = result {

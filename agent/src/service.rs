@@ -19,6 +19,7 @@ use crate::{
     hashkey::{fingerprint, parse_fingerprint},
     kernel::{self, Kernel},
     store::{Revocation, RevocationStore},
+    tokens::authority::Authority,
     until::{JWT_EXP_MARGIN, jwt_exp, now},
 };
 
@@ -37,16 +38,18 @@ pub struct Settings {
     pub bpffs: PathBuf,
 }
 
-struct Inner {
-    store: RevocationStore,
-    kernel: Kernel,
+pub(crate) struct Inner {
+    pub(crate) store: RevocationStore,
+    pub(crate) kernel: Kernel,
 }
 
 /// Shared daemon state.
 pub struct Service {
-    key: HashKey,
+    pub(crate) key: HashKey,
     settings: Settings,
     inner: Mutex<Inner>,
+    /// Signing keys, clients and the token index.
+    pub(crate) authority: Mutex<Authority>,
     /// Hit events fan-out to `events` clients.
     pub events: broadcast::Sender<EventLine>,
 }
@@ -62,18 +65,29 @@ pub fn action_name(a: Action) -> &'static str {
 
 impl Service {
     /// Wraps a loaded kernel and an opened store; call [`Service::sync_kernel`] next.
-    pub fn new(key: HashKey, settings: Settings, store: RevocationStore, kernel: Kernel) -> Self {
+    pub fn new(
+        key: HashKey,
+        settings: Settings,
+        store: RevocationStore,
+        kernel: Kernel,
+        authority: Authority,
+    ) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
             key,
             settings,
             inner: Mutex::new(Inner { store, kernel }),
+            authority: Mutex::new(authority),
             events,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn authority(&self) -> MutexGuard<'_, Authority> {
+        self.authority.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` with the kernel (attach, config).
@@ -119,7 +133,7 @@ impl Service {
         Ok(gone.len())
     }
 
-    fn hash_of(&self, t: &TokenRef) -> anyhow::Result<u64> {
+    pub(crate) fn hash_of(&self, t: &TokenRef) -> anyhow::Result<u64> {
         match t {
             TokenRef::Token(tok) => {
                 let tok = tok.trim();
@@ -154,6 +168,27 @@ impl Service {
                 .hash_of(&token)
                 .map(|h| serde_json::json!({ "fingerprint": fingerprint(h) })),
             Request::Events => Err(anyhow::anyhow!("events is a stream")),
+            Request::RevokeJti { jti, reason } => self.revoke_jti(&jti, reason),
+            Request::Introspect { token } => self.hash_of(&token).and_then(|h| match &token {
+                TokenRef::Token(t) => Ok(self.introspect(t, h)),
+                TokenRef::Hash(_) => Err(anyhow::anyhow!("introspection needs the token itself")),
+            }),
+            Request::ClientsAdd { id, scopes } => self
+                .authority()
+                .add_client(&id, scopes)
+                .map(|secret| serde_json::json!({ "client_id": id, "client_secret": secret })),
+            Request::ClientsList => Ok(serde_json::json!(
+                self.authority()
+                    .clients()
+                    .into_iter()
+                    .map(|(id, scopes)| serde_json::json!({ "client_id": id, "scopes": scopes }))
+                    .collect::<Vec<_>>()
+            )),
+            Request::ClientsRemove { id } => match self.authority().remove_client(&id) {
+                Ok(true) => Ok(serde_json::json!({ "removed": id })),
+                Ok(false) => Err(anyhow::anyhow!("no client {id}")),
+                Err(e) => Err(e),
+            },
         };
         match result {
             Ok(v) => Reply {
@@ -165,7 +200,7 @@ impl Service {
         }
     }
 
-    fn revoke(
+    pub(crate) fn revoke(
         &self,
         token: &TokenRef,
         until: Option<u64>,

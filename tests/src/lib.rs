@@ -10,5 +10,5 @@ pub mod testbed;
 
 pub use client::{CurlResult, Req};
 pub use daemon::{Daemon, tokenwall_bin};
-pub use nginx::Nginx;
+pub use nginx::{Gateway, Nginx};
 pub use testbed::Testbed;

@@ -133,3 +133,101 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// nginx as a gateway using tokenwall for `auth_request`, from the shipped example config.
+pub struct Gateway {
+    child: Child,
+    logs: PathBuf,
+}
+
+/// The shipped example config (tests/gateways/nginx-auth-request.conf).
+pub const GATEWAY_CONF: &str = include_str!("../gateways/nginx-auth-request.conf");
+
+impl Testbed {
+    /// Starts the example gateway on `port` (server addresses), authorizing through tokenwall at
+    /// `tokenwall` and proxying to a stand-in upstream on 127.0.0.1:9000.
+    pub fn start_gateway(&self, port: u16, tokenwall: &str) -> anyhow::Result<Gateway> {
+        let logs = self.work_dir().join("gateway");
+        std::fs::create_dir_all(&logs)?;
+        let conf = GATEWAY_CONF
+            .replace(
+                "@LISTEN@",
+                &format!("listen {SERVER_IP4}:{port}; listen [{SERVER_IP6}]:{port};"),
+            )
+            .replace("@TOKENWALL@", tokenwall)
+            .replace("@UPSTREAM@", "127.0.0.1:9000")
+            .replace("@LOGS@", &logs.display().to_string());
+        let path = logs.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = self
+            .command_in(self.server_ns(), "nginx".as_ref())
+            .args([
+                "-p",
+                &logs.display().to_string(),
+                "-c",
+                &path.display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let gw = Gateway { child, logs };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .run_in(
+                    self.client_ns(),
+                    &[
+                        "bash",
+                        "-c",
+                        &format!("exec 3<>/dev/tcp/{SERVER_IP4}/{port}"),
+                    ],
+                )
+                .is_ok()
+            {
+                return Ok(gw);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the gateway did not start listening within 10 s")
+    }
+}
+
+impl Gateway {
+    /// Lines of the gateway's access log.
+    pub fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.logs.join("gateway.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether the gateway logged a request for `path` (waits up to 2 s for the line).
+    pub fn saw_path(&self, path: &str) -> bool {
+        let needle = format!(" {path} HTTP/");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if self.log_lines().iter().any(|l| l.contains(&needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Whether `path` is absent from the gateway log after a 200 ms settle.
+    pub fn never_saw(&self, path: &str) -> bool {
+        std::thread::sleep(Duration::from_millis(200));
+        let needle = format!(" {path} HTTP/");
+        !self.log_lines().iter().any(|l| l.contains(&needle))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,4 +1,5 @@
 //! Tokens: JWT signing and verification (jsonwebtoken with a ring-backed crypto provider).
 
+pub mod authority;
 pub mod ring_provider;
 pub mod validate;

@@ -1,0 +1,184 @@
+//! The HTTP API (axum): forward-auth for gateways, OAuth 2.0 token, revocation (RFC 7009) and
+//! introspection (RFC 7662) endpoints, and the JWKS.
+
+use std::sync::Arc;
+
+use axum::{
+    Form, Json, Router,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{any, get, post},
+};
+use base64::Engine as _;
+
+use crate::{
+    oauth::{AuthDecision, ClientAuth, OAuthError},
+    service::Service,
+};
+
+type Svc = State<Arc<Service>>;
+type FormPairs = Form<Vec<(String, String)>>;
+
+/// The routes.
+pub fn router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/auth", any(forward_auth))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/revoke", post(revoke))
+        .route("/oauth2/introspect", post(introspect))
+        .with_state(svc)
+}
+
+/// Serves the API on a bound listener until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>) {
+    if let Ok(addr) = listener.local_addr() {
+        log::info!("HTTP API on http://{addr}");
+    }
+    if let Err(e) = axum::serve(listener, router(svc)).await {
+        log::error!("HTTP API stopped: {e}");
+    }
+}
+
+/// RFC 6750 challenge text; descriptions never contain the token.
+fn challenge(error: Option<&str>, description: &str) -> HeaderValue {
+    let clean: String = description
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect();
+    let v = match error {
+        Some(e) => {
+            format!("Bearer realm=\"tokenwall\", error=\"{e}\", error_description=\"{clean}\"")
+        }
+        None => "Bearer realm=\"tokenwall\"".to_string(),
+    };
+    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer"))
+}
+
+async fn forward_auth(State(svc): Svc, headers: HeaderMap) -> Response {
+    let authz = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let decision = tokio::task::spawn_blocking(move || svc.forward_auth(authz.as_deref())).await;
+    match decision {
+        Ok(AuthDecision::Allow {
+            subject,
+            client,
+            scopes,
+            token_id,
+        }) => {
+            let mut r = StatusCode::OK.into_response();
+            for (name, value) in [
+                ("x-auth-subject", subject),
+                ("x-auth-client", client),
+                ("x-auth-scopes", scopes),
+                ("x-auth-token-id", token_id),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    r.headers_mut().insert(name, v);
+                }
+            }
+            r
+        }
+        Ok(AuthDecision::NoCredentials) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, challenge(None, ""))],
+        )
+            .into_response(),
+        Ok(AuthDecision::InvalidRequest(d)) => (
+            StatusCode::BAD_REQUEST,
+            [(
+                header::WWW_AUTHENTICATE,
+                challenge(Some("invalid_request"), &d),
+            )],
+        )
+            .into_response(),
+        Ok(AuthDecision::InvalidToken(d)) => (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                challenge(Some("invalid_token"), &d),
+            )],
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn jwks(State(svc): Svc) -> Response {
+    match svc.authority().jwks() {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Client credentials from HTTP Basic, else from the form (RFC 6749 section 2.3.1).
+fn client_auth(headers: &HeaderMap, form: &[(String, String)]) -> Option<ClientAuth> {
+    if let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+    {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (id, secret) = text.split_once(':')?;
+        return Some(ClientAuth {
+            id: id.into(),
+            secret: secret.into(),
+        });
+    }
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    Some(ClientAuth {
+        id: get("client_id")?,
+        secret: get("client_secret")?,
+    })
+}
+
+fn oauth_error(e: OAuthError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = Json(serde_json::json!({ "error": e.error, "error_description": e.description }));
+    let mut r = (status, body).into_response();
+    if e.status == 401 {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"tokenwall\""),
+        );
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn token(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
+    let auth = client_auth(&headers, &form);
+    match tokio::task::spawn_blocking(move || svc.token_grant(auth, &form)).await {
+        Ok(Ok(v)) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
+        Ok(Err(e)) => oauth_error(e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn revoke(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
+    let auth = client_auth(&headers, &form);
+    match tokio::task::spawn_blocking(move || svc.revoke_rfc7009(auth, &form)).await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => oauth_error(e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn introspect(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
+    let auth = client_auth(&headers, &form);
+    match tokio::task::spawn_blocking(move || svc.introspect_rfc7662(auth, &form)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => oauth_error(e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

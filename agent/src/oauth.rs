@@ -1,0 +1,262 @@
+//! The token lifecycle on top of [`Service`]: forward-auth decisions (RFC 6750 errors),
+//! `client_credentials` issuance (RFC 6749 section 4.4), revocation (RFC 7009) and
+//! introspection (RFC 7662). Every revocation goes through the durable store into the kernel.
+
+use agent_common::hash::token_hash;
+use serde_json::{Value, json};
+
+use crate::{
+    api::TokenRef,
+    hashkey::fingerprint,
+    service::Service,
+    until::{JWT_EXP_MARGIN, now},
+};
+
+/// The answer to a forward-auth request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// 200 with identity headers.
+    Allow {
+        /// `sub`.
+        subject: String,
+        /// `client_id`.
+        client: String,
+        /// `scope`.
+        scopes: String,
+        /// `jti`.
+        token_id: String,
+    },
+    /// 401 without an error code: no bearer credentials at all (RFC 6750 section 3.1).
+    NoCredentials,
+    /// 400 `invalid_request`: a malformed `Authorization` header.
+    InvalidRequest(String),
+    /// 401 `invalid_token` with a description (never the token).
+    InvalidToken(String),
+}
+
+/// An OAuth error response (RFC 6749 section 5.2).
+#[derive(Debug)]
+pub struct OAuthError {
+    /// HTTP status.
+    pub status: u16,
+    /// `error` code.
+    pub error: &'static str,
+    /// `error_description`.
+    pub description: String,
+}
+
+impl OAuthError {
+    fn new(status: u16, error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+}
+
+/// Client credentials as presented (HTTP Basic or form fields).
+pub struct ClientAuth {
+    /// Client id.
+    pub id: String,
+    /// Client secret.
+    pub secret: String,
+}
+
+impl Service {
+    /// Decides a forward-auth request from its `Authorization` header value.
+    pub fn forward_auth(&self, authorization: Option<&str>) -> AuthDecision {
+        let Some(value) = authorization else {
+            return AuthDecision::NoCredentials;
+        };
+        let mut parts = value.trim().splitn(2, ' ');
+        let (scheme, rest) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("").trim(),
+        );
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return AuthDecision::NoCredentials;
+        }
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return AuthDecision::InvalidRequest("malformed bearer credentials".into());
+        }
+        let hash = token_hash(&self.key, rest.as_bytes());
+        if self.lock().store.get(hash).is_some() {
+            return AuthDecision::InvalidToken("token revoked".into());
+        }
+        match self.authority().validate(rest, hash, now()) {
+            Ok(v) => AuthDecision::Allow {
+                subject: v.claim_str("sub").unwrap_or_default().into(),
+                client: v.claim_str("client_id").unwrap_or_default().into(),
+                scopes: v.claim_str("scope").unwrap_or_default().into(),
+                token_id: v.claim_str("jti").unwrap_or_default().into(),
+            },
+            Err(r) => AuthDecision::InvalidToken(r.to_string()),
+        }
+    }
+
+    fn client(&self, auth: &ClientAuth) -> Result<(String, Vec<String>), OAuthError> {
+        self.authority()
+            .authenticate(&auth.id, &auth.secret)
+            .map(|c| (c.id.clone(), c.scopes.clone()))
+            .ok_or_else(|| OAuthError::new(401, "invalid_client", "client authentication failed"))
+    }
+
+    /// `POST /oauth2/token`.
+    pub fn token_grant(
+        &self,
+        auth: Option<ClientAuth>,
+        form: &[(String, String)],
+    ) -> Result<Value, OAuthError> {
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let auth = auth.ok_or_else(|| {
+            OAuthError::new(401, "invalid_client", "client authentication required")
+        })?;
+        let (client_id, allowed) = self.client(&auth)?;
+        match get("grant_type") {
+            Some("client_credentials") => {}
+            Some(_) => {
+                return Err(OAuthError::new(
+                    400,
+                    "unsupported_grant_type",
+                    "grant_type not supported",
+                ));
+            }
+            None => {
+                return Err(OAuthError::new(
+                    400,
+                    "invalid_request",
+                    "grant_type missing",
+                ));
+            }
+        }
+        let scopes: Vec<String> = match get("scope") {
+            Some(s) => s.split_whitespace().map(str::to_string).collect(),
+            None => allowed.clone(),
+        };
+        if let Some(bad) = scopes.iter().find(|s| !allowed.contains(s)) {
+            return Err(OAuthError::new(
+                400,
+                "invalid_scope",
+                format!("scope {bad} not allowed for this client"),
+            ));
+        }
+        let key = self.key;
+        let issued = self
+            .authority()
+            .issue(
+                |t| token_hash(&key, t.as_bytes()),
+                &client_id,
+                &client_id,
+                &scopes,
+                &json!({}),
+                now(),
+            )
+            .map_err(|e| OAuthError::new(500, "server_error", e.to_string()))?;
+        log::info!(
+            "issued {} to client {client_id} (jti {})",
+            fingerprint(token_hash(&key, issued.token.as_bytes())),
+            issued.jti
+        );
+        // RFC 6749 section 4.4.3: an access token only, no refresh token.
+        Ok(json!({
+            "access_token": issued.token, "token_type": "Bearer",
+            "expires_in": issued.exp.saturating_sub(now()), "scope": issued.scope,
+        }))
+    }
+
+    /// `POST /oauth2/revoke` (RFC 7009): 200 whether or not the token was known.
+    pub fn revoke_rfc7009(
+        &self,
+        auth: Option<ClientAuth>,
+        form: &[(String, String)],
+    ) -> Result<(), OAuthError> {
+        let auth = auth.ok_or_else(|| {
+            OAuthError::new(401, "invalid_client", "client authentication required")
+        })?;
+        let (client_id, _) = self.client(&auth)?;
+        let Some((_, token)) = form.iter().find(|(n, _)| n == "token") else {
+            return Err(OAuthError::new(400, "invalid_request", "token missing"));
+        };
+        let hash = token_hash(&self.key, token.as_bytes());
+        // Only the client a token was issued to may revoke it; anything else is ignored
+        // silently, as RFC 7009 answers unknown tokens with 200 too.
+        let v = self.authority().validate(token, hash, now());
+        let until = match &v {
+            Ok(v) if v.claim_str("client_id") == Some(client_id.as_str()) => {
+                v.exp.map(|e| e + JWT_EXP_MARGIN)
+            }
+            _ => return Ok(()),
+        };
+        self.revoke(
+            &TokenRef::Token(token.clone()),
+            until,
+            Some(format!("RFC 7009 by client {client_id}")),
+            false,
+        )
+        .map(|_| ())
+        .map_err(|e| OAuthError::new(503, "temporarily_unavailable", format!("{e:#}")))
+    }
+
+    /// `POST /oauth2/introspect` (RFC 7662) for an authenticated client.
+    pub fn introspect_rfc7662(
+        &self,
+        auth: Option<ClientAuth>,
+        form: &[(String, String)],
+    ) -> Result<Value, OAuthError> {
+        let auth = auth.ok_or_else(|| {
+            OAuthError::new(401, "invalid_client", "client authentication required")
+        })?;
+        self.client(&auth)?;
+        let Some((_, token)) = form.iter().find(|(n, _)| n == "token") else {
+            return Err(OAuthError::new(400, "invalid_request", "token missing"));
+        };
+        Ok(self.introspect(token, token_hash(&self.key, token.as_bytes())))
+    }
+
+    /// Introspection: `active` plus claims; inactive for expired, revoked or unknown tokens.
+    pub fn introspect(&self, token: &str, hash: u64) -> Value {
+        if self.lock().store.get(hash).is_some() {
+            return json!({ "active": false });
+        }
+        match self.authority().validate(token, hash, now()) {
+            Ok(v) => {
+                let mut out = serde_json::Map::new();
+                out.insert("active".into(), json!(true));
+                out.insert("token_type".into(), json!("Bearer"));
+                for k in [
+                    "iss",
+                    "sub",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "nbf",
+                    "jti",
+                    "client_id",
+                    "scope",
+                ] {
+                    if let Some(val) = v.claims.get(k) {
+                        out.insert(k.into(), val.clone());
+                    }
+                }
+                Value::Object(out)
+            }
+            Err(_) => json!({ "active": false }),
+        }
+    }
+
+    /// Revokes the indexed token with `jti`.
+    pub fn revoke_jti(&self, jti: &str, reason: Option<String>) -> anyhow::Result<Value> {
+        let Some(ix) = self.authority().index.get(jti).cloned() else {
+            anyhow::bail!(
+                "no token with jti {jti} is known (tokens are indexed when issued or first validated)"
+            );
+        };
+        self.revoke(
+            &TokenRef::Hash(fingerprint(ix.hash)),
+            Some(ix.exp + JWT_EXP_MARGIN),
+            Some(reason.unwrap_or_else(|| format!("jti {jti}"))),
+            false,
+        )
+    }
+}

@@ -1,0 +1,356 @@
+//! The token authority: this host's signing keys, its OAuth clients, and the access tokens it
+//! issues and validates. State (keys and hashed client secrets) lives in `authority.json` in the
+//! state directory, mode 0600, replaced atomically on every change.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use ring::{
+    digest,
+    rand::{SecureRandom as _, SystemRandom},
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::validate::{KeySet, Policy, Rejection, TrustedKey, Verified, validate};
+
+const FILE: &str = "authority.json";
+
+/// One signing key (ES256) as stored.
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    /// PKCS#8 DER, base64url.
+    pkcs8: String,
+    created_at: u64,
+}
+
+/// An OAuth client; only a SHA-256 of its secret is kept (secrets are 256-bit random, so a
+/// fast hash is enough: there is nothing to brute-force).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Client {
+    /// Client id.
+    pub id: String,
+    /// SHA-256 of the secret, base64url.
+    secret_sha256: String,
+    /// Scopes the client may request.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Persisted {
+    keys: Vec<StoredKey>,
+    clients: BTreeMap<String, Client>,
+}
+
+/// An access token this authority issued.
+#[derive(Clone, Debug, Serialize)]
+pub struct Issued {
+    /// The JWT (returned once to the caller, never stored).
+    #[serde(skip)]
+    pub token: String,
+    /// Its `jti`.
+    pub jti: String,
+    /// Unix seconds when it expires.
+    pub exp: u64,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+}
+
+/// What is known about a token by `jti` (indexed at issue time, or when first validated).
+#[derive(Clone, Debug)]
+pub struct Indexed {
+    /// Keyed hash of the token.
+    pub hash: u64,
+    /// Subject.
+    pub sub: String,
+    /// Client.
+    pub client_id: String,
+    /// Expiry.
+    pub exp: u64,
+}
+
+/// Issuer settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// `aud` of issued tokens.
+    pub audience: String,
+    /// Access-token lifetime in seconds.
+    pub access_ttl: u64,
+}
+
+/// Keys, clients and the token index.
+pub struct Authority {
+    path: PathBuf,
+    settings: Settings,
+    state: Persisted,
+    keys: KeySet,
+    policy: Policy,
+    /// `jti` -> token facts.
+    pub index: HashMap<String, Indexed>,
+}
+
+fn random_b64(n: usize) -> anyhow::Result<String> {
+    let mut b = vec![0u8; n];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("OS random source failed"))?;
+    Ok(B64.encode(b))
+}
+
+fn sha256_b64(s: &str) -> String {
+    B64.encode(digest::digest(&digest::SHA256, s.as_bytes()))
+}
+
+fn public_point(pkcs8: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let pair = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8,
+        &SystemRandom::new(),
+    )
+    .map_err(|_| anyhow::anyhow!("stored signing key is not a P-256 PKCS#8 key"))?;
+    Ok(pair.public_key().as_ref().to_vec())
+}
+
+impl Authority {
+    /// Loads `authority.json` from `state_dir`, creating a signing key on first use.
+    pub fn open(state_dir: &Path, settings: Settings) -> anyhow::Result<Self> {
+        super::ring_provider::install();
+        let path = state_dir.join(FILE);
+        let state: Persisted = match std::fs::read(&path) {
+            Ok(raw) => serde_json::from_slice(&raw)
+                .with_context(|| format!("reading {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut a = Self {
+            path,
+            settings,
+            state,
+            keys: KeySet::default(),
+            policy: Policy {
+                required_typ: Some("at+jwt".into()),
+                ..Policy::default()
+            },
+            index: HashMap::new(),
+        };
+        if a.state.keys.is_empty() {
+            a.rotate_key(crate::until::now())?;
+        }
+        a.rebuild_keyset()?;
+        Ok(a)
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&self.state)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn rebuild_keyset(&mut self) -> anyhow::Result<()> {
+        let mut ks = KeySet::default();
+        for k in &self.state.keys {
+            let point = public_point(&B64.decode(&k.pkcs8)?)?;
+            ks.insert(TrustedKey {
+                kid: k.kid.clone(),
+                alg: Algorithm::ES256,
+                key: DecodingKey::from_ec_der(&point),
+                issuer: self.settings.issuer.clone(),
+                audiences: vec![self.settings.audience.clone()],
+            });
+        }
+        self.keys = ks;
+        Ok(())
+    }
+
+    /// Generates a new active ES256 key; older keys keep verifying (and stay in the JWKS).
+    pub fn rotate_key(&mut self, now: u64) -> anyhow::Result<String> {
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| anyhow::anyhow!("generating a signing key failed"))?;
+        let kid = format!("tw-{}", &random_b64(9)?);
+        self.state.keys.push(StoredKey {
+            kid: kid.clone(),
+            pkcs8: B64.encode(pkcs8.as_ref()),
+            created_at: now,
+        });
+        self.save()?;
+        self.rebuild_keyset()?;
+        Ok(kid)
+    }
+
+    fn active(&self) -> anyhow::Result<&StoredKey> {
+        self.state
+            .keys
+            .iter()
+            .max_by_key(|k| k.created_at)
+            .context("no signing key")
+    }
+
+    /// The active key's id.
+    pub fn active_kid(&self) -> anyhow::Result<String> {
+        Ok(self.active()?.kid.clone())
+    }
+
+    /// The JWS header segment every token of `kid` starts with (what the kernel's header map keys on).
+    pub fn header_segment(kid: &str) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(kid.into());
+        B64.encode(serde_json::to_vec(&h).unwrap_or_default())
+    }
+
+    /// `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> anyhow::Result<Value> {
+        let mut keys = Vec::new();
+        for k in &self.state.keys {
+            let point = public_point(&B64.decode(&k.pkcs8)?)?;
+            keys.push(json!({
+                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": k.kid,
+                "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65]),
+            }));
+        }
+        Ok(json!({ "keys": keys }))
+    }
+
+    /// Registers a client and returns its secret (shown once).
+    pub fn add_client(&mut self, id: &str, scopes: Vec<String>) -> anyhow::Result<String> {
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            bail!("client id must be 1-128 characters of A-Z a-z 0-9 - _ .");
+        }
+        if self.state.clients.contains_key(id) {
+            bail!("client {id} exists");
+        }
+        let secret = random_b64(32)?;
+        self.state.clients.insert(
+            id.into(),
+            Client {
+                id: id.into(),
+                secret_sha256: sha256_b64(&secret),
+                scopes,
+            },
+        );
+        self.save()?;
+        Ok(secret)
+    }
+
+    /// Removes a client; returns whether it existed.
+    pub fn remove_client(&mut self, id: &str) -> anyhow::Result<bool> {
+        let existed = self.state.clients.remove(id).is_some();
+        if existed {
+            self.save()?;
+        }
+        Ok(existed)
+    }
+
+    /// Clients (without secrets).
+    pub fn clients(&self) -> Vec<(String, Vec<String>)> {
+        self.state
+            .clients
+            .values()
+            .map(|c| (c.id.clone(), c.scopes.clone()))
+            .collect()
+    }
+
+    /// The client, if `secret` is its secret.
+    pub fn authenticate(&self, id: &str, secret: &str) -> Option<&Client> {
+        let c = self.state.clients.get(id)?;
+        let (given, stored) = (sha256_b64(secret), c.secret_sha256.as_bytes());
+        // Compare without an early exit (digests of fixed length).
+        let diff = given
+            .bytes()
+            .zip(stored)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (given.len() == stored.len() && diff == 0).then_some(c)
+    }
+
+    /// Issues an access token (`typ: at+jwt`, RFC 9068) and indexes it under its `jti`.
+    pub fn issue(
+        &mut self,
+        hash_of: impl Fn(&str) -> u64,
+        client_id: &str,
+        sub: &str,
+        scopes: &[String],
+        extra: &Value,
+        now: u64,
+    ) -> anyhow::Result<Issued> {
+        let key = self.active()?.clone();
+        let jti = random_b64(16)?;
+        let exp = now + self.settings.access_ttl;
+        let scope = scopes.join(" ");
+        let mut claims = json!({
+            "iss": self.settings.issuer, "sub": sub, "aud": self.settings.audience,
+            "exp": exp, "iat": now, "nbf": now, "jti": jti, "client_id": client_id, "scope": scope,
+        });
+        if let (Value::Object(c), Value::Object(x)) = (&mut claims, extra) {
+            for (k, v) in x {
+                c.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(key.kid.clone());
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ec_der(&B64.decode(&key.pkcs8)?),
+        )?;
+        self.index.insert(
+            jti.clone(),
+            Indexed {
+                hash: hash_of(&token),
+                sub: sub.into(),
+                client_id: client_id.into(),
+                exp,
+            },
+        );
+        Ok(Issued {
+            token,
+            jti,
+            exp,
+            scope,
+        })
+    }
+
+    /// Validates a token against this authority's keys and indexes it on first sight.
+    pub fn validate(&mut self, token: &str, hash: u64, now: u64) -> Result<Verified, Rejection> {
+        let v = validate(token, &self.keys, &self.policy, now)?;
+        if let Some(jti) = v.claim_str("jti") {
+            self.index
+                .entry(jti.to_string())
+                .or_insert_with(|| Indexed {
+                    hash,
+                    sub: v.claim_str("sub").unwrap_or_default().into(),
+                    client_id: v.claim_str("client_id").unwrap_or_default().into(),
+                    exp: v.exp.unwrap_or(0),
+                });
+        }
+        Ok(v)
+    }
+}

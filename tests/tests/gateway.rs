@@ -1,0 +1,287 @@
+//! tokenwall as the authorizer of a real nginx gateway (`auth_request`, the shipped example
+//! config), with a real upstream: issue a token with client credentials, call the API through
+//! nginx, see RFC 6750 challenges, revoke through RFC 7009 and by `jti`, and see the next request
+//! stopped in the kernel before nginx logs it. Needs root.
+
+use std::time::Duration;
+
+use tokenwall_tests::Testbed;
+
+const PORT: u16 = 8080;
+const API: &str = "127.0.0.1:7070";
+
+/// An HTTP response as curl saw it.
+#[derive(Debug)]
+struct Resp {
+    exit: i32,
+    status: u16,
+    headers: Vec<String>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.headers
+            .iter()
+            .find(|h| h.to_ascii_lowercase().starts_with(&prefix))
+            .map(|h| h[prefix.len()..].trim())
+    }
+}
+
+/// curl in namespace `ns`; `-i` output split into status, headers and body.
+fn curl(ns: &str, args: &[&str]) -> Resp {
+    let mut argv = vec![
+        "nsenter".to_string(),
+        format!("--net=/run/netns/{ns}"),
+        "--".into(),
+        "curl".into(),
+        "-sS".into(),
+        "-i".into(),
+        "--max-time".into(),
+        "3".into(),
+    ];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Resp {
+        exit: out.status.code().unwrap_or(-1),
+        status,
+        headers: lines.map(str::to_string).collect(),
+        body: body.to_string(),
+    }
+}
+
+fn through_gateway(tb: &Testbed, path: &str, token: Option<&str>) -> Resp {
+    let hdr = tb
+        .work_dir()
+        .join(format!("gw-hdr-{}", path.trim_start_matches('/')));
+    std::fs::write(
+        &hdr,
+        token
+            .map(|t| format!("Authorization: Bearer {t}\n"))
+            .unwrap_or_default(),
+    )
+    .unwrap();
+    curl(
+        tb.client_ns(),
+        &[
+            "-H",
+            &format!("@{}", hdr.display()),
+            &format!("http://192.0.2.1:{PORT}{path}"),
+        ],
+    )
+}
+
+fn token_for(tb: &Testbed, id: &str, secret: &str) -> serde_json::Value {
+    let r = curl(
+        tb.server_ns(),
+        &[
+            "-u",
+            &format!("{id}:{secret}"),
+            "-d",
+            "grant_type=client_credentials",
+            &format!("http://{API}/oauth2/token"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    serde_json::from_str(&r.body).unwrap()
+}
+
+#[test]
+fn nginx_authorizes_through_tokenwall_and_a_revoked_token_stops_in_the_kernel() {
+    let tb = Testbed::new().unwrap();
+    let _d = tb
+        .start_daemon(&[
+            "--hook", "xdp", "--action", "reset", "--port", "8080", "--http", API,
+        ])
+        .unwrap();
+    let gw = tb.start_gateway(PORT, API).unwrap();
+
+    let out = tb.cli(
+        &[
+            "clients",
+            "add",
+            "billing",
+            "--scope",
+            "orders:read",
+            "--json",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Client authentication and grant errors (RFC 6749 section 5.2).
+    let bad = curl(
+        tb.server_ns(),
+        &[
+            "-u",
+            "billing:wrong",
+            "-d",
+            "grant_type=client_credentials",
+            &format!("http://{API}/oauth2/token"),
+        ],
+    );
+    assert_eq!(bad.status, 401);
+    assert!(bad.body.contains("invalid_client"));
+    let bad = curl(
+        tb.server_ns(),
+        &[
+            "-u",
+            &format!("billing:{secret}"),
+            "-d",
+            "grant_type=password",
+            &format!("http://{API}/oauth2/token"),
+        ],
+    );
+    assert!(bad.body.contains("unsupported_grant_type"), "{bad:?}");
+    let bad = curl(
+        tb.server_ns(),
+        &[
+            "-u",
+            &format!("billing:{secret}"),
+            "-d",
+            "grant_type=client_credentials",
+            "-d",
+            "scope=admin",
+            &format!("http://{API}/oauth2/token"),
+        ],
+    );
+    assert!(bad.body.contains("invalid_scope"), "{bad:?}");
+
+    let grant = token_for(&tb, "billing", &secret);
+    assert_eq!(grant["token_type"], "Bearer");
+    assert!(
+        grant.get("refresh_token").is_none(),
+        "client_credentials issues no refresh token"
+    );
+    let access = grant["access_token"].as_str().unwrap().to_string();
+
+    // Through nginx: served, and the upstream got the identity.
+    let r = through_gateway(&tb, "/orders", Some(&access));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body.trim(), "hello billing (orders:read)");
+
+    // RFC 6750: no credentials -> 401 with a bare challenge; a bad token -> invalid_token.
+    let r = through_gateway(&tb, "/anon", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"tokenwall\"")
+    );
+    let forged = format!("{}x", &access[..access.len() - 1]);
+    let r = through_gateway(&tb, "/forged", Some(&forged));
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains("error=\"invalid_token\"") && challenge.contains("bad signature"),
+        "{challenge}"
+    );
+    assert!(
+        !challenge.contains(&forged[..20]),
+        "the challenge must not echo the token"
+    );
+
+    // Introspection (RFC 7662) says active.
+    let intro = |t: &str| {
+        let r = curl(
+            tb.server_ns(),
+            &[
+                "-u",
+                &format!("billing:{secret}"),
+                "--data-urlencode",
+                &format!("token={t}"),
+                &format!("http://{API}/oauth2/introspect"),
+            ],
+        );
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
+    };
+    let before = intro(&access);
+    assert_eq!(
+        (before["active"].as_bool(), before["client_id"].as_str()),
+        (Some(true), Some("billing"))
+    );
+
+    // Revoke through RFC 7009; unknown tokens are answered 200 too.
+    let r = curl(
+        tb.server_ns(),
+        &[
+            "-u",
+            &format!("billing:{secret}"),
+            "--data-urlencode",
+            "token=not-a-token",
+            &format!("http://{API}/oauth2/revoke"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let r = curl(
+        tb.server_ns(),
+        &[
+            "-u",
+            &format!("billing:{secret}"),
+            "--data-urlencode",
+            &format!("token={access}"),
+            "-d",
+            "token_type_hint=access_token",
+            &format!("http://{API}/oauth2/revoke"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(intro(&access)["active"], false);
+
+    // The next request is stopped in the kernel: reset, and nginx never logs it.
+    let r = through_gateway(&tb, "/after-revoke", Some(&access));
+    assert!(r.exit == 56 || r.status == 0, "expected a reset, got {r:?}");
+    assert!(gw.saw_path("/orders"));
+    assert!(
+        gw.never_saw("/after-revoke"),
+        "the revoked request reached nginx"
+    );
+
+    // Revocation by jti: a fresh token, revoked from the CLI by its id.
+    let second = token_for(&tb, "billing", &secret)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(through_gateway(&tb, "/second", Some(&second)).status, 200);
+    let jti = intro(&second)["jti"].as_str().unwrap().to_string();
+    let out = tb.cli(&["revoke", "--jti", &jti, "--json"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = through_gateway(&tb, "/second-after", Some(&second));
+    assert!(r.exit == 56 || r.status == 0, "expected a reset, got {r:?}");
+    assert!(gw.never_saw("/second-after"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(tb.counter("reset") >= 2);
+
+    // The JWKS publishes the signing key the tokens name.
+    let jwks = curl(
+        tb.server_ns(),
+        &[&format!("http://{API}/.well-known/jwks.json")],
+    );
+    let jwks: serde_json::Value = serde_json::from_str(&jwks.body).unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+}
