@@ -51,10 +51,14 @@ pub enum Request {
         /// Which token.
         token: TokenRef,
     },
-    /// Revoke the access token with this `jti` (indexed at issue or first validation).
-    RevokeJti {
-        /// The token id.
-        jti: String,
+    /// Revoke by rule: a `jti`, a subject, a client or a signing key (see `rules`).
+    RevokeBy {
+        /// What `name` is.
+        kind: crate::rules::RuleKind,
+        /// The jti, sub, client id or kid.
+        name: String,
+        /// Unix seconds after which the rule lapses (default: never, or a jti's token expiry).
+        until: Option<u64>,
         /// Why.
         reason: Option<String>,
     },

@@ -133,6 +133,12 @@ pub struct RunArgs {
     /// Lifetime of issued access tokens, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     pub access_ttl: u64,
+    /// Lifetime of a session's refresh-token family, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_ttl: u64,
+    /// Seconds a just-retired refresh token still rotates (for a lost response); 0 = none.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub refresh_grace: u64,
 }
 
 /// Which token: exactly one of the three.
@@ -148,9 +154,33 @@ pub struct TokenArgs {
     /// The token's fingerprint (keyed hash, 16 hex digits).
     #[arg(long, value_name = "HEX")]
     pub hash: Option<String>,
-    /// The `jti` of a token this host issued or has validated (revoke only).
+    /// Every token with this `jti` (revoke only).
     #[arg(long, value_name = "ID")]
     pub jti: Option<String>,
+    /// Every token of this subject issued until now, and its sessions (revoke only).
+    #[arg(long, value_name = "SUB")]
+    pub sub: Option<String>,
+    /// Every token of this OAuth client issued until now, and its sessions (revoke only).
+    #[arg(long, value_name = "ID")]
+    pub client: Option<String>,
+    /// Every token signed by this key, ever; this host's own key is retired (revoke only).
+    #[arg(long, value_name = "KID")]
+    pub kid: Option<String>,
+}
+
+impl TokenArgs {
+    /// The rule named, if revoking by jti, sub, client or kid.
+    pub fn rule(&self) -> Option<(crate::rules::RuleKind, &str)> {
+        use crate::rules::RuleKind as K;
+        [
+            (K::Jti, &self.jti),
+            (K::Sub, &self.sub),
+            (K::Client, &self.client),
+            (K::Kid, &self.kid),
+        ]
+        .into_iter()
+        .find_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
 }
 
 /// `tokenwall revoke`.

@@ -25,8 +25,8 @@ pub fn token_ref(which: &TokenArgs) -> anyhow::Result<TokenRef> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     } else if let Some(hash) = &which.hash {
         return Ok(TokenRef::Hash(hash.clone()));
-    } else if which.jti.is_some() {
-        bail!("--jti works with revoke only");
+    } else if let Some((kind, _)) = which.rule() {
+        bail!("--{} works with revoke only", kind.name());
     } else {
         bail!("give --token -, --token-file FILE or --hash HEX");
     };
@@ -58,17 +58,21 @@ pub async fn revoke(args: crate::cli::RevokeArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|u| parse_until(u, now()))
         .transpose()?;
-    if let Some(jti) = &args.which.jti {
-        let req = Request::RevokeJti {
-            jti: jti.clone(),
+    if let Some((kind, name)) = args.which.rule() {
+        let req = Request::RevokeBy {
+            kind,
+            name: name.to_string(),
+            until,
             reason: args.reason.clone(),
         };
         let data = control::call(&args.client.control_socket, &req).await?;
-        let r: RevokeReply = serde_json::from_value(data.clone())?;
         print(&args.client, &data, || {
             format!(
-                "revoked jti {jti}: {} (in kernel: {})",
-                r.fingerprint, r.in_kernel
+                "revoked {} {name}: rule {}, {} live tokens pushed to the kernel, {} sessions ended",
+                kind.name(),
+                data["fingerprint"].as_str().unwrap_or("?"),
+                data["tokens_pushed"],
+                data["sessions_revoked"]
             )
         });
         return Ok(());

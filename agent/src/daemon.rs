@@ -22,7 +22,10 @@ use crate::{
     kernel::{self, Kernel},
     service::{Service, Settings, action_name},
     store::RevocationStore,
-    tokens::authority::{Authority, Settings as AuthoritySettings},
+    tokens::{
+        authority::{Authority, Settings as AuthoritySettings},
+        refresh::RefreshStore,
+    },
     until::now,
 };
 
@@ -108,6 +111,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ports: args.ports.clone(),
         state_dir: args.state_dir.clone(),
         bpffs: args.bpffs.clone(),
+        refresh_ttl: args.refresh_ttl,
+        refresh_grace: args.refresh_grace,
     };
     let authority = Authority::open(
         &args.state_dir,
@@ -117,14 +122,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             access_ttl: args.access_ttl,
         },
     )?;
-    let service = Arc::new(Service::new(key, settings, store, kernel, authority));
+    let refresh = RefreshStore::open(&args.state_dir)?;
+    let service = Arc::new(Service::new(
+        key, settings, store, kernel, authority, refresh,
+    ));
     let (inserted, removed) = service.sync_kernel()?;
     log::info!("kernel map in step with the store: {inserted} entries, {removed} stale removed");
     for iface in &args.ifaces {
         service.with_kernel(|k| k.attach(iface, args.hook))?;
     }
     tokio::spawn(forward_events(events, service.clone()));
-    tokio::spawn(sweep(service.clone(), cfg));
+    tokio::spawn(sweep(service.clone()));
     tokio::spawn(control::serve(listener, service.clone()));
     let http_listener = tokio::net::TcpListener::bind(args.http)
         .await
@@ -148,14 +156,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sweep(service: Arc<Service>, mut cfg: Config) {
+async fn sweep(service: Arc<Service>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
         let svc = service.clone();
-        cfg.clock_offset_ns = clock_offset_ns();
         let result = tokio::task::spawn_blocking(move || {
-            svc.with_kernel(|k| k.set_config(&cfg))?;
+            let offset = clock_offset_ns();
+            svc.with_kernel(|k| k.update_config(|c| c.clock_offset_ns = offset))?;
             svc.purge_expired()
         })
         .await;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use axum::{
     Form, Json, Router,
-    extract::State,
+    extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{any, get, post},
+    routing::{any, get, post, put},
 };
 use base64::Engine as _;
 
@@ -28,6 +28,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/oauth2/token", post(token))
         .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/introspect", post(introspect))
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{sub}/claims", put(session_claims))
         .with_state(svc)
 }
 
@@ -178,6 +180,33 @@ async fn introspect(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) 
     let auth = client_auth(&headers, &form);
     match tokio::task::spawn_blocking(move || svc.introspect_rfc7662(auth, &form)).await {
         Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => oauth_error(e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn create_session(
+    State(svc): Svc,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    let auth = client_auth(&headers, &[]);
+    match tokio::task::spawn_blocking(move || svc.create_session(auth, &body)).await {
+        Ok(Ok(v)) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
+        Ok(Err(e)) => oauth_error(e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn session_claims(
+    State(svc): Svc,
+    Path(sub): Path<String>,
+    headers: HeaderMap,
+    Json(claims): Json<serde_json::Value>,
+) -> Response {
+    let auth = client_auth(&headers, &[]);
+    match tokio::task::spawn_blocking(move || svc.set_session_claims(auth, &sub, &claims)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => oauth_error(e),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }

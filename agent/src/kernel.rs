@@ -172,6 +172,18 @@ impl Kernel {
         Ok(())
     }
 
+    /// Changes the kernel's configuration in place (read, modify, write if changed).
+    pub fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> anyhow::Result<()> {
+        let mut cfg = self.config.get(&0, 0)?;
+        f(&mut cfg);
+        self.set_config(&cfg)
+    }
+
+    /// Every hash in the revoked header-segment map.
+    pub fn revoked_header_hashes(&self) -> Vec<u64> {
+        self.revoked_headers.keys().filter_map(Result::ok).collect()
+    }
+
     /// Inserts or replaces a revoked entry.
     pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
         self.revoked

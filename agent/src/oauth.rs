@@ -46,7 +46,7 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(status: u16, error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, error: &'static str, description: impl Into<String>) -> Self {
         Self {
             status,
             error,
@@ -80,11 +80,7 @@ impl Service {
         if rest.is_empty() || rest.contains(char::is_whitespace) {
             return AuthDecision::InvalidRequest("malformed bearer credentials".into());
         }
-        let hash = token_hash(&self.key, rest.as_bytes());
-        if self.lock().store.get(hash).is_some() {
-            return AuthDecision::InvalidToken("token revoked".into());
-        }
-        match self.authority().validate(rest, hash, now()) {
+        match self.check_token(rest) {
             Ok(v) => AuthDecision::Allow {
                 subject: v.claim_str("sub").unwrap_or_default().into(),
                 client: v.claim_str("client_id").unwrap_or_default().into(),
@@ -95,7 +91,7 @@ impl Service {
         }
     }
 
-    fn client(&self, auth: &ClientAuth) -> Result<(String, Vec<String>), OAuthError> {
+    pub(crate) fn client(&self, auth: &ClientAuth) -> Result<(String, Vec<String>), OAuthError> {
         self.authority()
             .authenticate(&auth.id, &auth.secret)
             .map(|c| (c.id.clone(), c.scopes.clone()))
@@ -115,6 +111,7 @@ impl Service {
         let (client_id, allowed) = self.client(&auth)?;
         match get("grant_type") {
             Some("client_credentials") => {}
+            Some("refresh_token") => return self.refresh_grant(&client_id, form),
             Some(_) => {
                 return Err(OAuthError::new(
                     400,
@@ -178,13 +175,36 @@ impl Service {
         let Some((_, token)) = form.iter().find(|(n, _)| n == "token") else {
             return Err(OAuthError::new(400, "invalid_request", "token missing"));
         };
+        let unavailable =
+            |e: anyhow::Error| OAuthError::new(503, "temporarily_unavailable", format!("{e:#}"));
+        // The hint only orders the lookups (RFC 7009 section 2.1); both kinds are tried.
+        let hint = form
+            .iter()
+            .find(|(n, _)| n == "token_type_hint")
+            .map(|(_, v)| v.as_str());
+        if hint != Some("access_token")
+            && self
+                .revoke_refresh_token(&client_id, token)
+                .map_err(unavailable)?
+        {
+            return Ok(());
+        }
         let hash = token_hash(&self.key, token.as_bytes());
         // Only the client a token was issued to may revoke it; anything else is ignored
         // silently, as RFC 7009 answers unknown tokens with 200 too.
-        let v = self.authority().validate(token, hash, now());
+        let header = token_hash(
+            &self.key,
+            token.split('.').next().unwrap_or_default().as_bytes(),
+        );
+        let v = self.authority().validate(token, (hash, header), now());
         let until = match &v {
             Ok(v) if v.claim_str("client_id") == Some(client_id.as_str()) => {
                 v.exp.map(|e| e + JWT_EXP_MARGIN)
+            }
+            _ if hint == Some("access_token") => {
+                self.revoke_refresh_token(&client_id, token)
+                    .map_err(unavailable)?;
+                return Ok(());
             }
             _ => return Ok(()),
         };
@@ -195,7 +215,7 @@ impl Service {
             false,
         )
         .map(|_| ())
-        .map_err(|e| OAuthError::new(503, "temporarily_unavailable", format!("{e:#}")))
+        .map_err(unavailable)
     }
 
     /// `POST /oauth2/introspect` (RFC 7662) for an authenticated client.
@@ -211,15 +231,12 @@ impl Service {
         let Some((_, token)) = form.iter().find(|(n, _)| n == "token") else {
             return Err(OAuthError::new(400, "invalid_request", "token missing"));
         };
-        Ok(self.introspect(token, token_hash(&self.key, token.as_bytes())))
+        Ok(self.introspect(token))
     }
 
     /// Introspection: `active` plus claims; inactive for expired, revoked or unknown tokens.
-    pub fn introspect(&self, token: &str, hash: u64) -> Value {
-        if self.lock().store.get(hash).is_some() {
-            return json!({ "active": false });
-        }
-        match self.authority().validate(token, hash, now()) {
+    pub fn introspect(&self, token: &str) -> Value {
+        match self.check_token(token) {
             Ok(v) => {
                 let mut out = serde_json::Map::new();
                 out.insert("active".into(), json!(true));
@@ -243,20 +260,5 @@ impl Service {
             }
             Err(_) => json!({ "active": false }),
         }
-    }
-
-    /// Revokes the indexed token with `jti`.
-    pub fn revoke_jti(&self, jti: &str, reason: Option<String>) -> anyhow::Result<Value> {
-        let Some(ix) = self.authority().index.get(jti).cloned() else {
-            anyhow::bail!(
-                "no token with jti {jti} is known (tokens are indexed when issued or first validated)"
-            );
-        };
-        self.revoke(
-            &TokenRef::Hash(fingerprint(ix.hash)),
-            Some(ix.exp + JWT_EXP_MARGIN),
-            Some(reason.unwrap_or_else(|| format!("jti {jti}"))),
-            false,
-        )
     }
 }

@@ -18,8 +18,13 @@ use crate::{
     api::{AttachmentInfo, EventLine, Reply, Request, RevokeReply, StatusReply, TokenRef},
     hashkey::{fingerprint, parse_fingerprint},
     kernel::{self, Kernel},
-    store::{Revocation, RevocationStore},
-    tokens::authority::Authority,
+    store::{Revocation, RevocationStore, Scope},
+    tokens::{
+        authority::Authority,
+        cache::{DEFAULT_CAPACITY, VerifiedCache},
+        refresh::RefreshStore,
+        validate::Policy,
+    },
     until::{JWT_EXP_MARGIN, jwt_exp, now},
 };
 
@@ -36,6 +41,10 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Pin directory.
     pub bpffs: PathBuf,
+    /// Lifetime of a refresh-token family, in seconds.
+    pub refresh_ttl: u64,
+    /// Seconds a retired refresh token still rotates (a lost response); 0 = none.
+    pub refresh_grace: u64,
 }
 
 pub(crate) struct Inner {
@@ -50,6 +59,10 @@ pub struct Service {
     inner: Mutex<Inner>,
     /// Signing keys, clients and the token index.
     pub(crate) authority: Mutex<Authority>,
+    /// Refresh-token families and per-subject claims.
+    refresh: Mutex<RefreshStore>,
+    /// Verified tokens by hash.
+    cache: Mutex<VerifiedCache>,
     /// Hit events fan-out to `events` clients.
     pub events: broadcast::Sender<EventLine>,
 }
@@ -71,6 +84,7 @@ impl Service {
         store: RevocationStore,
         kernel: Kernel,
         authority: Authority,
+        refresh: RefreshStore,
     ) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
@@ -78,8 +92,26 @@ impl Service {
             settings,
             inner: Mutex::new(Inner { store, kernel }),
             authority: Mutex::new(authority),
+            refresh: Mutex::new(refresh),
+            cache: Mutex::new(VerifiedCache::new(
+                DEFAULT_CAPACITY,
+                Policy::default().leeway,
+            )),
             events,
         }
+    }
+
+    /// The daemon's fixed settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub(crate) fn refresh(&self) -> MutexGuard<'_, RefreshStore> {
+        self.refresh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn cache(&self) -> MutexGuard<'_, VerifiedCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -101,14 +133,25 @@ impl Service {
         let mut inner = self.lock();
         let Inner { store, kernel } = &mut *inner;
         let mut inserted = 0;
-        for r in store.entries() {
-            kernel.insert(r.hash, kernel_entry(r))?;
+        for r in store.entries().filter(|r| r.scope.in_kernel()) {
+            match r.scope {
+                Scope::SigningKey => kernel.insert_header(r.hash, kernel_entry(r))?,
+                _ => kernel.insert(r.hash, kernel_entry(r))?,
+            }
             inserted += 1;
         }
+        let headers = header_count(store);
+        kernel.update_config(|c| c.header_revocations = headers)?;
         let mut removed = 0;
         for h in kernel.revoked_hashes() {
-            if store.get(h).is_none() {
+            if store.get(h).is_none_or(|r| r.scope != Scope::Token) {
                 kernel.remove(h)?;
+                removed += 1;
+            }
+        }
+        for h in kernel.revoked_header_hashes() {
+            if store.get(h).is_none_or(|r| r.scope != Scope::SigningKey) {
+                kernel.remove_header(h)?;
                 removed += 1;
             }
         }
@@ -117,11 +160,24 @@ impl Service {
 
     /// Drops expired entries from the store and the kernel; compacts the log when worthwhile.
     pub fn purge_expired(&self) -> anyhow::Result<usize> {
-        let mut inner = self.lock();
         let now = now();
+        self.authority().prune_index(now);
+        let sessions = self.refresh().purge_expired(now)?;
+        if sessions > 0 {
+            log::info!("{sessions} sessions reached their refresh lifetime");
+        }
+        let mut inner = self.lock();
         let gone = inner.store.purge_expired(now);
         for h in &gone {
+            // Expired entries may be of either scope; removing an absent key is fine.
             inner.kernel.remove(*h)?;
+            inner.kernel.remove_header(*h)?;
+        }
+        if !gone.is_empty() {
+            let headers = header_count(&inner.store);
+            inner
+                .kernel
+                .update_config(|c| c.header_revocations = headers)?;
         }
         if inner.store.should_compact() {
             inner.store.compact(now)?;
@@ -168,9 +224,14 @@ impl Service {
                 .hash_of(&token)
                 .map(|h| serde_json::json!({ "fingerprint": fingerprint(h) })),
             Request::Events => Err(anyhow::anyhow!("events is a stream")),
-            Request::RevokeJti { jti, reason } => self.revoke_jti(&jti, reason),
-            Request::Introspect { token } => self.hash_of(&token).and_then(|h| match &token {
-                TokenRef::Token(t) => Ok(self.introspect(t, h)),
+            Request::RevokeBy {
+                kind,
+                name,
+                until,
+                reason,
+            } => self.revoke_by(kind, &name, until, reason),
+            Request::Introspect { token } => self.hash_of(&token).and_then(|_| match &token {
+                TokenRef::Token(t) => Ok(self.introspect(t.trim())),
                 TokenRef::Hash(_) => Err(anyhow::anyhow!("introspection needs the token itself")),
             }),
             Request::ClientsAdd { id, scopes } => self
@@ -227,6 +288,7 @@ impl Service {
             reason: reason.unwrap_or_default(),
             revoked_at: now,
             api_key,
+            scope: Scope::Token,
         };
         let mut inner = self.lock();
         let changed = inner
@@ -239,9 +301,7 @@ impl Service {
             .get(hash)
             .cloned()
             .context("revocation missing after recording it")?;
-        inner
-            .kernel
-            .insert(hash, kernel_entry(&kept))
+        apply(&mut inner, &kept)
             .context("the revocation is recorded durably, but updating the kernel map failed")?;
         let in_kernel = inner.kernel.contains(hash);
         log::info!(
@@ -270,6 +330,11 @@ impl Service {
             .unrevoke(hash, reason.as_deref().unwrap_or(""), now())
             .context("recording the unrevocation")?;
         inner.kernel.remove(hash)?;
+        inner.kernel.remove_header(hash)?;
+        let headers = header_count(&inner.store);
+        inner
+            .kernel
+            .update_config(|c| c.header_revocations = headers)?;
         let in_kernel = inner.kernel.contains(hash);
         log::info!("unrevoked {}", fingerprint(hash));
         Ok(serde_json::to_value(RevokeReply {
@@ -320,6 +385,29 @@ impl Service {
         kernel::remove_pins_if_unused(&self.settings.bpffs)?;
         Ok(serde_json::json!({ "iface": iface, "removed": removed }))
     }
+}
+
+/// Puts a stored revocation into the right kernel map (and announces header revocations);
+/// rules stay in userspace.
+pub(crate) fn apply(inner: &mut Inner, r: &Revocation) -> anyhow::Result<()> {
+    match r.scope {
+        Scope::Token => inner.kernel.insert(r.hash, kernel_entry(r)),
+        Scope::SigningKey => {
+            inner.kernel.insert_header(r.hash, kernel_entry(r))?;
+            let headers = header_count(&inner.store);
+            inner
+                .kernel
+                .update_config(|c| c.header_revocations = headers)
+        }
+        Scope::Jti | Scope::Subject | Scope::Client | Scope::Kid => Ok(()),
+    }
+}
+
+fn header_count(store: &RevocationStore) -> u32 {
+    store
+        .entries()
+        .filter(|r| r.scope == Scope::SigningKey)
+        .count() as u32
 }
 
 /// The kernel's view of a stored revocation.

@@ -43,6 +43,36 @@ pub struct Revocation {
     /// The token is an API key.
     #[serde(default)]
     pub api_key: bool,
+    /// What the hash names: one token, or a JWS header segment (every token of a signing key).
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// What a revocation's hash names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One token (or API key).
+    #[default]
+    Token,
+    /// A JWS header segment: every token signed under one `(alg, typ, kid)` header.
+    SigningKey,
+    /// A rule: the token with this `jti`. The hash is of the name, domain-separated.
+    Jti,
+    /// A rule: every token of this subject issued at or before `revoked_at`.
+    Subject,
+    /// A rule: every token of this client issued at or before `revoked_at`.
+    Client,
+    /// A rule: every token whose header names this `kid` (headers are learned on sight).
+    Kid,
+}
+
+impl Scope {
+    /// Whether entries of this scope live in a kernel map (rules are matched in userspace,
+    /// and the tokens they cover are pushed as [`Scope::Token`] entries).
+    pub fn in_kernel(self) -> bool {
+        matches!(self, Scope::Token | Scope::SigningKey)
+    }
 }
 
 impl Revocation {

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod http;
 pub mod nginx;
 pub mod packet;
 pub mod testbed;

@@ -5,82 +5,16 @@
 
 use std::time::Duration;
 
-use tokenwall_tests::Testbed;
+use tokenwall_tests::{
+    Testbed,
+    http::{Resp, curl, daemon_behind_gateway, gateway_get},
+};
 
 const PORT: u16 = 8080;
 const API: &str = "127.0.0.1:7070";
 
-/// An HTTP response as curl saw it.
-#[derive(Debug)]
-struct Resp {
-    exit: i32,
-    status: u16,
-    headers: Vec<String>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        let prefix = format!("{}:", name.to_ascii_lowercase());
-        self.headers
-            .iter()
-            .find(|h| h.to_ascii_lowercase().starts_with(&prefix))
-            .map(|h| h[prefix.len()..].trim())
-    }
-}
-
-/// curl in namespace `ns`; `-i` output split into status, headers and body.
-fn curl(ns: &str, args: &[&str]) -> Resp {
-    let mut argv = vec![
-        "nsenter".to_string(),
-        format!("--net=/run/netns/{ns}"),
-        "--".into(),
-        "curl".into(),
-        "-sS".into(),
-        "-i".into(),
-        "--max-time".into(),
-        "3".into(),
-    ];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let out = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Resp {
-        exit: out.status.code().unwrap_or(-1),
-        status,
-        headers: lines.map(str::to_string).collect(),
-        body: body.to_string(),
-    }
-}
-
 fn through_gateway(tb: &Testbed, path: &str, token: Option<&str>) -> Resp {
-    let hdr = tb
-        .work_dir()
-        .join(format!("gw-hdr-{}", path.trim_start_matches('/')));
-    std::fs::write(
-        &hdr,
-        token
-            .map(|t| format!("Authorization: Bearer {t}\n"))
-            .unwrap_or_default(),
-    )
-    .unwrap();
-    curl(
-        tb.client_ns(),
-        &[
-            "-H",
-            &format!("@{}", hdr.display()),
-            &format!("http://192.0.2.1:{PORT}{path}"),
-        ],
-    )
+    gateway_get(tb, PORT, path, token)
 }
 
 fn token_for(tb: &Testbed, id: &str, secret: &str) -> serde_json::Value {
@@ -102,12 +36,7 @@ fn token_for(tb: &Testbed, id: &str, secret: &str) -> serde_json::Value {
 #[test]
 fn nginx_authorizes_through_tokenwall_and_a_revoked_token_stops_in_the_kernel() {
     let tb = Testbed::new().unwrap();
-    let _d = tb
-        .start_daemon(&[
-            "--hook", "xdp", "--action", "reset", "--port", "8080", "--http", API,
-        ])
-        .unwrap();
-    let gw = tb.start_gateway(PORT, API).unwrap();
+    let (_d, gw) = daemon_behind_gateway(&tb, PORT, API);
 
     let out = tb.cli(
         &[

@@ -7,6 +7,7 @@ fn rev(hash: u64, expires_at: u64) -> Revocation {
         reason: format!("r{hash}"),
         revoked_at: 100,
         api_key: false,
+        scope: Scope::Token,
     }
 }
 
@@ -194,4 +195,23 @@ fn long_reasons_are_clipped_on_a_char_boundary() {
     })
     .unwrap();
     assert!(s.get(1).unwrap().reason.len() <= MAX_REASON);
+}
+
+#[test]
+fn scope_survives_replay_and_older_records_default_to_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    s.revoke(Revocation {
+        scope: Scope::SigningKey,
+        ..rev(9, 0)
+    })
+    .unwrap();
+    drop(s);
+    let (s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+    assert_eq!(s.get(9).unwrap().scope, Scope::SigningKey);
+    let old: Revocation = serde_json::from_str(
+        r#"{"hash":"0000000000000001","expires_at":0,"reason":"","revoked_at":1}"#,
+    )
+    .unwrap();
+    assert_eq!(old.scope, Scope::Token);
 }

@@ -4,8 +4,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -13,13 +11,13 @@ use anyhow::{Context as _, bail};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use ring::{
-    digest,
-    rand::{SecureRandom as _, SystemRandom},
+    rand::SystemRandom,
     signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::private_file::{self, random_b64, sha256_b64};
 use super::validate::{KeySet, Policy, Rejection, TrustedKey, Verified, validate};
 
 const FILE: &str = "authority.json";
@@ -76,6 +74,12 @@ pub struct Indexed {
     pub client_id: String,
     /// Expiry.
     pub exp: u64,
+    /// Issued at (0 when the token had no `iat`).
+    pub iat: u64,
+    /// The key that signed it.
+    pub kid: String,
+    /// Keyed hash of its JWS header segment (what a kid revocation puts in the kernel).
+    pub header: u64,
 }
 
 /// Issuer settings.
@@ -100,18 +104,6 @@ pub struct Authority {
     pub index: HashMap<String, Indexed>,
 }
 
-fn random_b64(n: usize) -> anyhow::Result<String> {
-    let mut b = vec![0u8; n];
-    SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| anyhow::anyhow!("OS random source failed"))?;
-    Ok(B64.encode(b))
-}
-
-fn sha256_b64(s: &str) -> String {
-    B64.encode(digest::digest(&digest::SHA256, s.as_bytes()))
-}
-
 fn public_point(pkcs8: &[u8]) -> anyhow::Result<Vec<u8>> {
     let pair = EcdsaKeyPair::from_pkcs8(
         &ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -127,12 +119,7 @@ impl Authority {
     pub fn open(state_dir: &Path, settings: Settings) -> anyhow::Result<Self> {
         super::ring_provider::install();
         let path = state_dir.join(FILE);
-        let state: Persisted = match std::fs::read(&path) {
-            Ok(raw) => serde_json::from_slice(&raw)
-                .with_context(|| format!("reading {}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
+        let state: Persisted = private_file::load(&path)?;
         let mut a = Self {
             path,
             settings,
@@ -152,20 +139,7 @@ impl Authority {
     }
 
     fn save(&self) -> anyhow::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&self.state)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        private_file::store(&self.path, &self.state)
     }
 
     fn rebuild_keyset(&mut self) -> anyhow::Result<()> {
@@ -198,6 +172,31 @@ impl Authority {
         self.save()?;
         self.rebuild_keyset()?;
         Ok(kid)
+    }
+
+    /// Stops trusting and publishing `kid`; if it was the active key, a new one is made first.
+    /// Returns the active key id afterwards.
+    pub fn retire_key(&mut self, kid: &str, now: u64) -> anyhow::Result<String> {
+        if !self.state.keys.iter().any(|k| k.kid == kid) {
+            bail!("no signing key {kid} (see the JWKS)");
+        }
+        if self.active()?.kid == kid {
+            self.rotate_key(now.max(self.active()?.created_at + 1))?;
+        }
+        self.state.keys.retain(|k| k.kid != kid);
+        self.save()?;
+        self.rebuild_keyset()?;
+        self.active_kid()
+    }
+
+    /// Forgets indexed tokens that have expired.
+    pub fn prune_index(&mut self, now: u64) {
+        self.index.retain(|_, ix| ix.exp > now);
+    }
+
+    /// Whether `kid` is one of this authority's own signing keys.
+    pub fn owns_key(&self, kid: &str) -> bool {
+        self.state.keys.iter().any(|k| k.kid == kid)
     }
 
     fn active(&self) -> anyhow::Result<&StoredKey> {
@@ -328,6 +327,9 @@ impl Authority {
                 sub: sub.into(),
                 client_id: client_id.into(),
                 exp,
+                iat: now,
+                kid: key.kid.clone(),
+                header: hash_of(token.split('.').next().unwrap_or_default()),
             },
         );
         Ok(Issued {
@@ -339,7 +341,13 @@ impl Authority {
     }
 
     /// Validates a token against this authority's keys and indexes it on first sight.
-    pub fn validate(&mut self, token: &str, hash: u64, now: u64) -> Result<Verified, Rejection> {
+    /// `hash` and `header` are the keyed hashes of the token and of its first segment.
+    pub fn validate(
+        &mut self,
+        token: &str,
+        (hash, header): (u64, u64),
+        now: u64,
+    ) -> Result<Verified, Rejection> {
         let v = validate(token, &self.keys, &self.policy, now)?;
         if let Some(jti) = v.claim_str("jti") {
             self.index
@@ -349,6 +357,9 @@ impl Authority {
                     sub: v.claim_str("sub").unwrap_or_default().into(),
                     client_id: v.claim_str("client_id").unwrap_or_default().into(),
                     exp: v.exp.unwrap_or(0),
+                    iat: v.claims.get("iat").and_then(Value::as_u64).unwrap_or(0),
+                    kid: v.kid.clone(),
+                    header,
                 });
         }
         Ok(v)

@@ -1,0 +1,315 @@
+//! User sessions: a trusted login service (a client with the `sessions` scope) opens a session
+//! for a subject it has authenticated and gets an access token and a refresh token; renewal goes
+//! through `grant_type=refresh_token` with rotation and reuse detection (RFC 9700 section 4.14).
+//! Reuse of a retired refresh token ends the whole family and revokes its access tokens, into
+//! the kernel map too.
+
+use agent_common::hash::token_hash;
+use serde_json::{Value, json};
+
+use crate::{
+    api::TokenRef,
+    hashkey::fingerprint,
+    oauth::{ClientAuth, OAuthError},
+    rules::{RuleKind, rule_hash},
+    service::Service,
+    tokens::refresh::{Family, Rotation},
+    until::{JWT_EXP_MARGIN, now},
+};
+
+/// The scope a client needs to open sessions and set claims.
+pub const SESSIONS_SCOPE: &str = "sessions";
+/// Claims a login service may not set (the issuer owns them).
+const RESERVED: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "client_id",
+    "scope",
+    "cnf",
+];
+
+fn server_error(e: anyhow::Error) -> OAuthError {
+    OAuthError::new(500, "server_error", format!("{e:#}"))
+}
+
+fn check_claims(claims: &Value) -> Result<(), OAuthError> {
+    let Value::Object(m) = claims else {
+        return Err(OAuthError::new(
+            400,
+            "invalid_request",
+            "claims must be a JSON object",
+        ));
+    };
+    if let Some(k) = m.keys().find(|k| RESERVED.contains(&k.as_str())) {
+        return Err(OAuthError::new(
+            400,
+            "invalid_request",
+            format!("claim {k} is set by the issuer"),
+        ));
+    }
+    if serde_json::to_vec(claims).map_or(0, |v| v.len()) > 2048 {
+        return Err(OAuthError::new(
+            400,
+            "invalid_request",
+            "claims larger than 2 KiB",
+        ));
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Authenticates a client that may manage sessions; returns its id and allowed scopes.
+    fn sessions_client(
+        &self,
+        auth: Option<ClientAuth>,
+    ) -> Result<(String, Vec<String>), OAuthError> {
+        let auth = auth.ok_or_else(|| {
+            OAuthError::new(401, "invalid_client", "client authentication required")
+        })?;
+        let (id, scopes) = self.client(&auth)?;
+        if !scopes.iter().any(|s| s == SESSIONS_SCOPE) {
+            return Err(OAuthError::new(
+                403,
+                "insufficient_scope",
+                "this client may not manage sessions (needs scope sessions)",
+            ));
+        }
+        Ok((id, scopes))
+    }
+
+    /// `POST /v1/sessions`: `{"sub": …, "scope": "a b", "claims": {…}}` from a login service.
+    pub fn create_session(
+        &self,
+        auth: Option<ClientAuth>,
+        body: &Value,
+    ) -> Result<Value, OAuthError> {
+        let (client_id, allowed) = self.sessions_client(auth)?;
+        let sub = body
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 255)
+            .ok_or_else(|| {
+                OAuthError::new(400, "invalid_request", "sub (1-255 characters) required")
+            })?;
+        let scopes: Vec<String> = body
+            .get("scope")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        // A user's token may carry the login service's scopes, except the right to make sessions.
+        if let Some(bad) = scopes
+            .iter()
+            .find(|s| *s == SESSIONS_SCOPE || !allowed.contains(s))
+        {
+            return Err(OAuthError::new(
+                400,
+                "invalid_scope",
+                format!("scope {bad} not grantable by this client"),
+            ));
+        }
+        if let Some(claims) = body.get("claims") {
+            check_claims(claims)?;
+            self.refresh()
+                .set_claims(sub, claims.clone())
+                .map_err(server_error)?;
+        }
+        let (family_id, refresh_token) = self
+            .refresh()
+            .create(
+                sub,
+                &client_id,
+                scopes.clone(),
+                now(),
+                self.settings().refresh_ttl,
+            )
+            .map_err(server_error)?;
+        log::info!("session opened for a subject by client {client_id} (family {family_id})");
+        self.issue_in_family(&family_id, &client_id, sub, &scopes, refresh_token)
+    }
+
+    /// `PUT /v1/sessions/{sub}/claims`: replaces the extra claims of later tokens for `sub`.
+    pub fn set_session_claims(
+        &self,
+        auth: Option<ClientAuth>,
+        sub: &str,
+        claims: &Value,
+    ) -> Result<(), OAuthError> {
+        self.sessions_client(auth)?;
+        check_claims(claims)?;
+        self.refresh()
+            .set_claims(sub, claims.clone())
+            .map_err(server_error)
+    }
+
+    /// Issues an access token in a family and records it there.
+    fn issue_in_family(
+        &self,
+        family_id: &str,
+        client_id: &str,
+        sub: &str,
+        scopes: &[String],
+        refresh_token: String,
+    ) -> Result<Value, OAuthError> {
+        let key = self.key;
+        let extra = self.refresh().claims(sub);
+        let now = now();
+        let issued = self
+            .authority()
+            .issue(
+                |t| token_hash(&key, t.as_bytes()),
+                client_id,
+                sub,
+                scopes,
+                &extra,
+                now,
+            )
+            .map_err(server_error)?;
+        let hash = token_hash(&key, issued.token.as_bytes());
+        self.refresh()
+            .record_access(family_id, hash, issued.exp, now)
+            .map_err(server_error)?;
+        Ok(json!({
+            "access_token": issued.token, "token_type": "Bearer",
+            "expires_in": issued.exp.saturating_sub(now), "scope": issued.scope,
+            "refresh_token": refresh_token,
+        }))
+    }
+
+    /// `grant_type=refresh_token` for an authenticated client.
+    pub(crate) fn refresh_grant(
+        &self,
+        client_id: &str,
+        form: &[(String, String)],
+    ) -> Result<Value, OAuthError> {
+        let invalid = |d: &str| OAuthError::new(400, "invalid_grant", d);
+        let token = form
+            .iter()
+            .find(|(n, _)| n == "refresh_token")
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| OAuthError::new(400, "invalid_request", "refresh_token missing"))?;
+        // A token of another client is not rotated (and not treated as reuse either).
+        match self.refresh().family_of(token) {
+            Some((_, f)) if f.client_id == client_id => {}
+            _ => return Err(invalid("refresh token unknown, expired or revoked")),
+        }
+        let rotation = self
+            .refresh()
+            .rotate(token, now(), self.settings().refresh_grace)
+            .map_err(server_error)?;
+        match rotation {
+            Rotation::Unknown => Err(invalid("refresh token unknown, expired or revoked")),
+            Rotation::Reused { family_id, family } => {
+                log::warn!("refresh-token reuse detected: family {family_id} revoked");
+                self.revoke_family_access(&family, "refresh token reuse")
+                    .map_err(server_error)?;
+                Err(invalid("refresh token reused; the session is revoked"))
+            }
+            Rotation::Rotated {
+                family_id,
+                family,
+                refresh_token,
+            } => {
+                if let Some(what) = self.session_rule(&family) {
+                    self.refresh().end(&family_id).map_err(server_error)?;
+                    self.revoke_family_access(&family, what)
+                        .map_err(server_error)?;
+                    return Err(invalid("the session's subject or client is revoked"));
+                }
+                let scope_param = form.iter().find(|(n, _)| n == "scope").map(|(_, v)| v);
+                let scopes = match scope_param {
+                    // RFC 6749 section 6: a narrower scope may be asked for.
+                    Some(s) => {
+                        let asked: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+                        if let Some(bad) = asked.iter().find(|a| !family.scopes.contains(a)) {
+                            return Err(OAuthError::new(
+                                400,
+                                "invalid_scope",
+                                format!("scope {bad} exceeds the session"),
+                            ));
+                        }
+                        asked
+                    }
+                    None => family.scopes.clone(),
+                };
+                self.issue_in_family(&family_id, client_id, &family.sub, &scopes, refresh_token)
+            }
+        }
+    }
+
+    /// A sub or client rule made after the session began.
+    fn session_rule(&self, f: &Family) -> Option<&'static str> {
+        let inner = self.lock();
+        [
+            (RuleKind::Sub, f.sub.as_str()),
+            (RuleKind::Client, f.client_id.as_str()),
+        ]
+        .into_iter()
+        .find(|(k, name)| {
+            inner
+                .store
+                .get(rule_hash(&self.key, *k, name))
+                .is_some_and(|r| r.revoked_at >= f.created_at)
+        })
+        .map(|(k, _)| k.name())
+    }
+
+    /// Revokes every live access token of an ended family (store and kernel).
+    fn revoke_family_access(&self, f: &Family, why: &str) -> anyhow::Result<usize> {
+        let now = now();
+        let mut n = 0;
+        for (hash, exp) in f.access.iter().filter(|(_, e)| *e > now) {
+            self.revoke(
+                &TokenRef::Hash(fingerprint(*hash)),
+                Some(exp + JWT_EXP_MARGIN),
+                Some(format!("family revoked: {why}")),
+                false,
+            )?;
+            self.cache().remove(*hash);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// RFC 7009 for a refresh token: ends its family if `client_id` owns it. Returns whether
+    /// the token was a known refresh token.
+    pub(crate) fn revoke_refresh_token(
+        &self,
+        client_id: &str,
+        token: &str,
+    ) -> anyhow::Result<bool> {
+        let family_id = match self.refresh().family_of(token) {
+            Some((id, f)) if f.client_id == client_id => id.to_string(),
+            Some(_) => return Ok(true),
+            None => return Ok(false),
+        };
+        if let Some(f) = self.refresh().end(&family_id)? {
+            self.revoke_family_access(&f, "refresh token revoked (RFC 7009)")?;
+        }
+        Ok(true)
+    }
+
+    /// Ends the sessions a sub or client rule covers; returns how many.
+    pub(crate) fn revoke_sessions_by(
+        &self,
+        kind: RuleKind,
+        name: &str,
+        why: &str,
+    ) -> anyhow::Result<usize> {
+        let ended = match kind {
+            RuleKind::Sub => self.refresh().end_where(|f| f.sub == name)?,
+            RuleKind::Client => self.refresh().end_where(|f| f.client_id == name)?,
+            RuleKind::Jti | RuleKind::Kid => return Ok(0),
+        };
+        for f in &ended {
+            self.revoke_family_access(f, why)?;
+        }
+        Ok(ended.len())
+    }
+}
