@@ -76,11 +76,61 @@ pub enum Request {
     },
     /// List clients.
     ClientsList,
+    /// Trust an external issuer's keys (PEM, JWK/JWKS document, or JWKS URL).
+    KeysAdd {
+        /// The source and the rules bound to it.
+        key: crate::tokens::keys::ExternalKey,
+    },
+    /// List trusted keys.
+    KeysList,
+    /// Create an API key; the reply carries it, once.
+    ApiKeysAdd {
+        /// Name.
+        name: String,
+        /// Scopes.
+        scopes: Vec<String>,
+    },
+    /// List API keys.
+    ApiKeysList,
+    /// Remove and revoke an API key.
+    ApiKeysRemove {
+        /// Name.
+        name: String,
+    },
+    /// Stop trusting an external key source (by kid or JWKS URL).
+    KeysRemove {
+        /// Key id or URL.
+        id: String,
+    },
     /// Remove a client.
     ClientsRemove {
         /// Client id.
         id: String,
     },
+}
+
+impl Request {
+    /// The command name (`revoke`, `clients_add`, …), for the admin log.
+    pub fn command(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("cmd").and_then(|c| c.as_str()).map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// Whether the request only reads state.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status
+                | Request::Events
+                | Request::Fingerprint { .. }
+                | Request::Introspect { .. }
+                | Request::ClientsList
+                | Request::KeysList
+                | Request::ApiKeysList
+        )
+    }
 }
 
 /// Result of a revoke or unrevoke.

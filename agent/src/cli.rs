@@ -44,6 +44,92 @@ pub enum Command {
     Clients(ClientsCommand),
     /// Whether a token is active, with its claims (RFC 7662 semantics).
     Introspect(FingerprintArgs),
+    /// Manage the keys of trusted external issuers.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage API keys (shown once, stored hashed, revoked in the kernel on removal).
+    #[command(subcommand)]
+    Apikeys(ApiKeysCommand),
+}
+
+/// Where an external key comes from: exactly one.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct KeySourceArgs {
+    /// A PEM public key file (needs --alg).
+    #[arg(long, value_name = "FILE")]
+    pub pem: Option<PathBuf>,
+    /// A JWK or JWKS file.
+    #[arg(long, value_name = "FILE")]
+    pub jwk: Option<PathBuf>,
+    /// A JWKS URL, fetched, cached and refreshed by the daemon.
+    #[arg(long, value_name = "URL")]
+    pub jwks_url: Option<String>,
+}
+
+/// `tokenwall keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Trust an external issuer's key(s).
+    Add {
+        /// The source.
+        #[command(flatten)]
+        source: KeySourceArgs,
+        /// The issuer (`iss`) these keys sign for.
+        #[arg(long, value_name = "ISS")]
+        issuer: String,
+        /// The one algorithm of the key (required for PEM and for RSA or HMAC JWKs without `alg`).
+        #[arg(long, value_name = "ALG")]
+        alg: Option<String>,
+        /// Key id (for a PEM key, or a JWK without one).
+        #[arg(long, value_name = "KID")]
+        kid: Option<String>,
+        /// Accepted audience (repeatable; none: `aud` not checked).
+        #[arg(long = "audience", value_name = "AUD")]
+        audiences: Vec<String>,
+        /// Required `typ` header of the issuer's tokens (e.g. `at+jwt`).
+        #[arg(long, value_name = "TYP")]
+        typ: Option<String>,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List trusted keys (own, external, remote sets).
+    List(ClientArgs),
+    /// Stop trusting an external key (by kid) or JWKS URL.
+    Remove {
+        /// Key id or JWKS URL.
+        id: String,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `tokenwall apikeys …`.
+#[derive(Debug, Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create an API key and print it once.
+    Add {
+        /// Name of the key (its identity: `X-Auth-Subject`).
+        name: String,
+        /// Scope granted (repeatable).
+        #[arg(long = "scope", value_name = "S")]
+        scopes: Vec<String>,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List API keys (names, scopes, fingerprints).
+    List(ClientArgs),
+    /// Remove an API key and revoke it (dropped in the kernel from now on).
+    Remove {
+        /// Name of the key.
+        name: String,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `tokenwall clients …`.
@@ -121,24 +207,41 @@ pub struct RunArgs {
     /// Header carrying API keys (matched like the bearer token, without a scheme).
     #[arg(long, value_name = "NAME")]
     pub api_key_header: Option<String>,
-    /// Address of the HTTP API (forward-auth, OAuth endpoints, JWKS).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
-    pub http: std::net::SocketAddr,
-    /// `iss` of the tokens this host issues.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
-    pub issuer: String,
-    /// `aud` of the tokens this host issues (and requires).
-    #[arg(long, value_name = "AUD", default_value = "api")]
-    pub audience: String,
-    /// Lifetime of issued access tokens, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
-    pub access_ttl: u64,
-    /// Lifetime of a session's refresh-token family, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30 * 24 * 3600)]
-    pub refresh_ttl: u64,
-    /// Seconds a just-retired refresh token still rotates (for a lost response); 0 = none.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-    pub refresh_grace: u64,
+    /// Settings, clients, trusted keys and API keys in TOML (flags given here win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API (forward-auth, OAuth endpoints, JWKS) [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// `iss` of the tokens this host issues [default: http://<--http>].
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// `aud` of the tokens this host issues (and requires) [default: api].
+    #[arg(long, value_name = "AUD")]
+    pub audience: Option<String>,
+    /// Lifetime of issued access tokens, in seconds [default: 900].
+    #[arg(long, value_name = "SECONDS")]
+    pub access_ttl: Option<u64>,
+    /// Lifetime of a session's refresh-token family, in seconds [default: 2592000, 30 days].
+    #[arg(long, value_name = "SECONDS")]
+    pub refresh_ttl: Option<u64>,
+    /// Seconds a just-retired refresh token still rotates (a lost response) [default: 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub refresh_grace: Option<u64>,
+    /// Least seconds between two fetches of one JWKS URL, for unknown-kid refetches [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub jwks_min_refetch: Option<u64>,
+    /// File holding the admin bearer credential for `POST /v1/admin` (none: admin over the
+    /// control socket only).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The HTTP API address.
+    pub fn http(&self) -> std::net::SocketAddr {
+        self.http.unwrap_or(([127, 0, 0, 1], 7070).into())
+    }
 }
 
 /// Which token: exactly one of the three.

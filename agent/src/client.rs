@@ -218,53 +218,5 @@ pub async fn introspect(args: crate::cli::FingerprintArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `tokenwall clients …`.
-pub async fn clients(cmd: crate::cli::ClientsCommand) -> anyhow::Result<()> {
-    use crate::cli::ClientsCommand as C;
-    match cmd {
-        C::Add { id, scopes, client } => {
-            let data = control::call(
-                &client.control_socket,
-                &Request::ClientsAdd {
-                    id: id.clone(),
-                    scopes,
-                },
-            )
-            .await?;
-            print(&client, &data, || {
-                format!(
-                    "client {id} added; its secret is shown only now:\n{}",
-                    data["client_secret"].as_str().unwrap_or_default()
-                )
-            });
-        }
-        C::List(client) => {
-            let data = control::call(&client.control_socket, &Request::ClientsList).await?;
-            print(&client, &data, || {
-                data.as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|c| {
-                                format!(
-                                    "{}  scopes: {}",
-                                    c["client_id"].as_str().unwrap_or(""),
-                                    c["scopes"]
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
-                    .unwrap_or_default()
-            });
-        }
-        C::Remove { id, client } => {
-            let data = control::call(
-                &client.control_socket,
-                &Request::ClientsRemove { id: id.clone() },
-            )
-            .await?;
-            print(&client, &data, || format!("client {id} removed"));
-        }
-    }
-    Ok(())
-}
+mod admin;
+pub use admin::{apikeys, clients, keys};

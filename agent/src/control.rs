@@ -119,6 +119,13 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
             }
         }
     }
+    if !req.is_read_only() {
+        log::info!(
+            "admin: {} by uid {} over the control socket",
+            req.command(),
+            cred.uid()
+        );
+    }
     let reply = tokio::task::spawn_blocking(move || service.handle(req)).await?;
     write_line(&mut wr, &reply).await
 }

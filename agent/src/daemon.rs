@@ -16,6 +16,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use crate::{
     api::EventLine,
     cli::{ActionArg, RunArgs},
+    config_file::ConfigFile,
     control,
     hashkey::{self, fingerprint},
     http,
@@ -24,6 +25,7 @@ use crate::{
     store::RevocationStore,
     tokens::{
         authority::{Authority, Settings as AuthoritySettings},
+        jwks::MIN_REFETCH,
         refresh::RefreshStore,
     },
     until::now,
@@ -31,6 +33,8 @@ use crate::{
 
 /// How often expired entries are purged and the kernel's clock offset refreshed.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often remote JWKS are checked for a due refresh.
+const JWKS_TICK: Duration = Duration::from_secs(10);
 
 /// CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns: the kernel adds it to `bpf_ktime_get_boot_ns`.
 pub fn clock_offset_ns() -> u64 {
@@ -81,7 +85,12 @@ fn to_action(a: ActionArg) -> Action {
 }
 
 /// Runs the daemon.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    file.fill(&mut args);
     kernel::check_privileges()?;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -111,16 +120,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ports: args.ports.clone(),
         state_dir: args.state_dir.clone(),
         bpffs: args.bpffs.clone(),
-        refresh_ttl: args.refresh_ttl,
-        refresh_grace: args.refresh_grace,
+        api_key_header: args.api_key_header.clone(),
+        refresh_ttl: args.refresh_ttl.unwrap_or(30 * 24 * 3600),
+        refresh_grace: args.refresh_grace.unwrap_or(0),
+        admin_token_sha256: match &args.admin_token_file {
+            Some(p) => Some(admin_token_digest(p)?),
+            None => None,
+        },
     };
-    let authority = Authority::open(
+    let mut authority = Authority::open(
         &args.state_dir,
         AuthoritySettings {
-            issuer: args.issuer.clone(),
-            audience: args.audience.clone(),
-            access_ttl: args.access_ttl,
+            issuer: args
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", args.http())),
+            audience: args.audience.clone().unwrap_or_else(|| "api".into()),
+            access_ttl: args.access_ttl.unwrap_or(900),
+            jwks_min_refetch: args.jwks_min_refetch.unwrap_or(MIN_REFETCH),
         },
+    )?;
+    file.apply(
+        &mut authority,
+        |t| agent_common::hash::token_hash(&key, t.as_bytes()),
+        now(),
     )?;
     let refresh = RefreshStore::open(&args.state_dir)?;
     let service = Arc::new(Service::new(
@@ -133,10 +156,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tokio::spawn(forward_events(events, service.clone()));
     tokio::spawn(sweep(service.clone()));
+    tokio::spawn(refresh_jwks(service.clone()));
     tokio::spawn(control::serve(listener, service.clone()));
-    let http_listener = tokio::net::TcpListener::bind(args.http)
+    let http_listener = tokio::net::TcpListener::bind(args.http())
         .await
-        .with_context(|| format!("binding the HTTP API on {}", args.http))?;
+        .with_context(|| format!("binding the HTTP API on {}", args.http()))?;
     tokio::spawn(http::serve(http_listener, service.clone()));
     log::info!(
         "ready: {} on {} ports {:?}, action {}, control socket {}",
@@ -154,6 +178,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     log::info!("stopping; enforcement stays attached (tokenwall detach removes it)");
     let _ = std::fs::remove_file(&args.control_socket);
     Ok(())
+}
+
+/// SHA-256 of the admin bearer credential in `path` (at least 32 characters).
+fn admin_token_digest(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin token file {}", path.display()))?;
+    let token = token.trim();
+    if token.len() < 32 {
+        bail!(
+            "the admin token in {} must have at least 32 characters",
+            path.display()
+        );
+    }
+    Ok(crate::tokens::private_file::sha256_b64(token))
+}
+
+/// Keeps remote JWKS fresh (each URL decides whether it is due).
+async fn refresh_jwks(service: Arc<Service>) {
+    let mut tick = tokio::time::interval(JWKS_TICK);
+    loop {
+        tick.tick().await;
+        let svc = service.clone();
+        let _ = tokio::task::spawn_blocking(move || svc.refresh_jwks(None)).await;
+    }
 }
 
 async fn sweep(service: Arc<Service>) {

@@ -29,6 +29,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/introspect", post(introspect))
         .route("/v1/sessions", post(create_session))
+        .route("/v1/admin", post(admin))
         .route("/v1/sessions/{sub}/claims", put(session_claims))
         .with_state(svc)
 }
@@ -63,7 +64,16 @@ async fn forward_auth(State(svc): Svc, headers: HeaderMap) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let decision = tokio::task::spawn_blocking(move || svc.forward_auth(authz.as_deref())).await;
+    let api_key = svc
+        .settings()
+        .api_key_header
+        .as_deref()
+        .and_then(|name| headers.get(name))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let decision =
+        tokio::task::spawn_blocking(move || svc.forward_auth(authz.as_deref(), api_key.as_deref()))
+            .await;
     match decision {
         Ok(AuthDecision::Allow {
             subject,
@@ -208,6 +218,73 @@ async fn session_claims(
     match tokio::task::spawn_blocking(move || svc.set_session_claims(auth, &sub, &claims)).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => oauth_error(e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// `POST /v1/admin`: a control-socket request (JSON) authorized by the admin bearer credential.
+async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let Some(expected) = svc.settings().admin_token_sha256.clone() else {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({ "ok": false, "error": "admin over HTTP is disabled (no --admin-token-file)" })),
+        )
+            .into_response();
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| crate::tokens::private_file::sha256_b64(t.trim()));
+    // Digests of fixed length, compared without an early exit.
+    let ok = presented.is_some_and(|p| {
+        p.len() == expected.len()
+            && p.bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                challenge(Some("invalid_token"), "admin credential required"),
+            )],
+        )
+            .into_response();
+    }
+    let req: crate::api::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "ok": false, "error": format!("bad request: {e}") })),
+            )
+                .into_response();
+        }
+    };
+    if req == crate::api::Request::Events {
+        let msg = "events is a stream: use the control socket (tokenwall events)";
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "ok": false, "error": msg })),
+        )
+            .into_response();
+    }
+    if !req.is_read_only() {
+        log::info!("admin: {} by the admin credential over HTTP", req.command());
+    }
+    match tokio::task::spawn_blocking(move || svc.handle(req)).await {
+        Ok(reply) => {
+            let status = if reply.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (status, Json(reply)).into_response()
+        }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod config_file;
 pub mod control;
 pub mod daemon;
 pub mod hashkey;

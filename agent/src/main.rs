@@ -42,6 +42,8 @@ fn main() {
             Command::Detach(args) => client::detach(args).await,
             Command::Clients(cmd) => client::clients(cmd).await,
             Command::Introspect(args) => client::introspect(args).await,
+            Command::Keys(cmd) => client::keys(cmd).await,
+            Command::Apikeys(cmd) => client::apikeys(cmd).await,
         }
     });
     if let Err(e) = result {

@@ -64,10 +64,19 @@ pub struct ClientAuth {
 }
 
 impl Service {
-    /// Decides a forward-auth request from its `Authorization` header value.
-    pub fn forward_auth(&self, authorization: Option<&str>) -> AuthDecision {
-        let Some(value) = authorization else {
-            return AuthDecision::NoCredentials;
+    /// Decides a forward-auth request from its `Authorization` header value, or failing a
+    /// bearer token, from the API-key header's value.
+    pub fn forward_auth(&self, authorization: Option<&str>, api_key: Option<&str>) -> AuthDecision {
+        let bearer = authorization.filter(|v| {
+            v.split_whitespace()
+                .next()
+                .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
+        });
+        let Some(value) = bearer else {
+            return match api_key {
+                Some(k) => self.api_key_auth(k.trim()),
+                None => AuthDecision::NoCredentials,
+            };
         };
         let mut parts = value.trim().splitn(2, ' ');
         let (scheme, rest) = (
@@ -89,6 +98,52 @@ impl Service {
             },
             Err(r) => AuthDecision::InvalidToken(r.to_string()),
         }
+    }
+
+    fn api_key_auth(&self, presented: &str) -> AuthDecision {
+        let hash = token_hash(&self.key, presented.as_bytes());
+        if self.lock().store.get(hash).is_some() {
+            return AuthDecision::InvalidToken("API key revoked".into());
+        }
+        match self.authority().api_key(presented) {
+            Some(k) => AuthDecision::Allow {
+                subject: k.name.clone(),
+                client: String::new(),
+                scopes: k.scopes.join(" "),
+                token_id: fingerprint(hash),
+            },
+            None => AuthDecision::InvalidToken("unknown API key".into()),
+        }
+    }
+
+    /// `apikeys add`: creates a key and returns it once.
+    pub fn add_api_key(&self, name: &str, scopes: Vec<String>) -> anyhow::Result<Value> {
+        let key = self.key;
+        let created = self.authority().add_api_key(
+            name,
+            scopes,
+            |k| token_hash(&key, k.as_bytes()),
+            now(),
+        )?;
+        log::info!(
+            "API key {name} created ({})",
+            fingerprint(token_hash(&key, created.as_bytes()))
+        );
+        Ok(json!({ "name": name, "api_key": created }))
+    }
+
+    /// `apikeys remove`: forgets the key and revokes it (the kernel drops it from now on).
+    pub fn remove_api_key(&self, name: &str) -> anyhow::Result<Value> {
+        let removed = self.authority().remove_api_key(name)?;
+        let Some(k) = removed else {
+            anyhow::bail!("no API key {name}");
+        };
+        self.revoke(
+            &TokenRef::Hash(fingerprint(k.hash)),
+            None,
+            Some(format!("API key {name} removed")),
+            true,
+        )
     }
 
     pub(crate) fn client(&self, auth: &ClientAuth) -> Result<(String, Vec<String>), OAuthError> {

@@ -84,6 +84,18 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// A claim of a token's payload read without verifying it (only to pick a JWKS to refetch).
+fn unverified_claim(token: &str, name: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 8192 {
+        return None;
+    }
+    let raw =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).ok()?;
+    let v: Value = serde_json::from_slice(&raw).ok()?;
+    v.get(name)?.as_str().map(str::to_string)
+}
+
 /// The string claims a rule matches on.
 fn claim<'a>(v: &'a Verified, name: &str) -> &'a str {
     v.claim_str(name).unwrap_or_default()
@@ -113,28 +125,46 @@ impl Service {
         let cached = self.cache().get(hash, now);
         let v = match cached {
             Some(v) => v,
-            None => match self.validate_uncached(token, (hash, header_hash), now) {
-                Ok(v) => {
-                    let v = Arc::new(v);
-                    self.cache().insert(hash, v.clone(), now);
-                    v
+            None => {
+                let mut result = self.validate_uncached(token, (hash, header_hash), now);
+                // An unknown kid may be a rotation at a remote issuer: refetch its JWKS once
+                // (rate-limited per URL) and try again.
+                if matches!(result, Err(Rejection::UnknownKey))
+                    && let Some(iss) = unverified_claim(token, "iss")
+                    && self.refresh_jwks(Some(&iss))
+                {
+                    result = self.validate_uncached(token, (hash, header_hash), now);
                 }
-                Err(Rejection::UnknownKey) => {
-                    return Err(self.learn_header(header, header_hash));
+                match result {
+                    Ok(v) => {
+                        let v = Arc::new(v);
+                        self.cache().insert(hash, v.clone(), now);
+                        v
+                    }
+                    Err(Rejection::UnknownKey) => {
+                        return Err(self.learn_header(header, header_hash));
+                    }
+                    Err(r) => return Err(Refusal::Invalid(r)),
                 }
-                Err(r) => return Err(Refusal::Invalid(r)),
-            },
+            }
         };
         if let Some(what) = self.covering_rule(&v) {
             self.cache().remove(hash);
             let until = v.exp.map(|e| e + JWT_EXP_MARGIN);
             let reason = format!("learned: covered by a {what} rule");
-            if let Err(e) = self.revoke(
-                &TokenRef::Hash(fingerprint(hash)),
-                until,
-                Some(reason),
-                false,
-            ) {
+            // A kid rule covers every token under this header: learn the header segment.
+            let learned = if what == "kid" {
+                self.revoke_header(header_hash, reason).map(|_| ())
+            } else {
+                self.revoke(
+                    &TokenRef::Hash(fingerprint(hash)),
+                    until,
+                    Some(reason),
+                    false,
+                )
+                .map(|_| ())
+            };
+            if let Err(e) = learned {
                 log::warn!(
                     "learning {} into the kernel failed: {e:#}",
                     fingerprint(hash)
@@ -143,6 +173,25 @@ impl Service {
             return Err(Refusal::Revoked(what));
         }
         Ok(v)
+    }
+
+    /// Fetches remote JWKS: those due a refresh, or for an unknown kid those of `issuer`.
+    /// Network I/O happens outside every lock. Returns whether any trusted key set changed.
+    pub fn refresh_jwks(&self, unknown_kid_of: Option<&str>) -> bool {
+        let now = now();
+        let plan = self.authority().jwks_to_fetch(now, unknown_kid_of);
+        let mut changed = false;
+        for (url, source) in plan {
+            let result = crate::tokens::jwks::fetch(&source);
+            match self.authority().install_jwks(&url, result, now) {
+                Ok(c) => changed |= c,
+                Err(e) => log::warn!("installing the JWKS of {url}: {e:#}"),
+            }
+        }
+        if changed {
+            log::info!("trusted keys changed after a JWKS fetch");
+        }
+        changed
     }
 
     fn validate_uncached(

@@ -41,10 +41,14 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Pin directory.
     pub bpffs: PathBuf,
+    /// Header carrying API keys, if any.
+    pub api_key_header: Option<String>,
     /// Lifetime of a refresh-token family, in seconds.
     pub refresh_ttl: u64,
     /// Seconds a retired refresh token still rotates (a lost response); 0 = none.
     pub refresh_grace: u64,
+    /// SHA-256 (base64url) of the admin bearer credential, if one is configured.
+    pub admin_token_sha256: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -245,6 +249,34 @@ impl Service {
                     .map(|(id, scopes)| serde_json::json!({ "client_id": id, "scopes": scopes }))
                     .collect::<Vec<_>>()
             )),
+            Request::KeysAdd { key } => {
+                let added = self.authority().add_external(key);
+                if added.is_ok() {
+                    // Fetch a new JWKS URL now rather than at the next refresh tick.
+                    self.refresh_jwks(None);
+                }
+                added
+            }
+            Request::KeysList => self.authority().keys_list(),
+            Request::ApiKeysAdd { name, scopes } => self.add_api_key(&name, scopes),
+            Request::ApiKeysList => Ok(serde_json::json!(
+                self.authority()
+                    .api_keys()
+                    .map(|k| serde_json::json!({
+                        "name": k.name, "scopes": k.scopes, "fingerprint": fingerprint(k.hash),
+                        "created_at": k.created_at,
+                    }))
+                    .collect::<Vec<_>>()
+            )),
+            Request::ApiKeysRemove { name } => self.remove_api_key(&name),
+            Request::KeysRemove { id } => match self.authority().remove_external(&id) {
+                Ok(true) => {
+                    self.cache().clear();
+                    Ok(serde_json::json!({ "removed": id }))
+                }
+                Ok(false) => Err(anyhow::anyhow!("no external key or JWKS URL {id}")),
+                Err(e) => Err(e),
+            },
             Request::ClientsRemove { id } => match self.authority().remove_client(&id) {
                 Ok(true) => Ok(serde_json::json!({ "removed": id })),
                 Ok(false) => Err(anyhow::anyhow!("no client {id}")),

@@ -93,7 +93,7 @@ enum Record {
     },
 }
 
-mod hex_u64 {
+pub(crate) mod hex_u64 {
     use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
     pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{v:016x}"))

@@ -88,6 +88,17 @@ impl Testbed {
         bail!("tokenwall run did not answer within 20 s:\n{}", d.log())
     }
 
+    /// Runs a CLI command that must succeed and parses its `--json` output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args, None);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("the CLI printed JSON")
+    }
+
     /// Runs `tokenwall ARGS --control-socket <this testbed's socket>` with optional stdin.
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let bin = tokenwall_bin().expect("tokenwall binary");

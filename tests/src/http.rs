@@ -71,16 +71,21 @@ pub fn curl(ns: &str, args: &[&str]) -> Resp {
 
 /// GET `path` through the gateway on `port`, from the client namespace, with a bearer token.
 pub fn gateway_get(tb: &Testbed, port: u16, path: &str, token: Option<&str>) -> Resp {
+    let headers: Vec<String> = token
+        .map(|t| format!("Authorization: Bearer {t}"))
+        .into_iter()
+        .collect();
+    gateway_get_with(tb, port, path, &headers)
+}
+
+/// GET `path` through the gateway with these header lines (kept in a file: a token never
+/// appears on a command line).
+pub fn gateway_get_with(tb: &Testbed, port: u16, path: &str, headers: &[String]) -> Resp {
     let hdr = tb
         .work_dir()
         .join(format!("gw-hdr-{}", path.trim_start_matches('/')));
-    std::fs::write(
-        &hdr,
-        token
-            .map(|t| format!("Authorization: Bearer {t}\n"))
-            .unwrap_or_default(),
-    )
-    .unwrap();
+    let text: String = headers.iter().map(|h| format!("{h}\n")).collect();
+    std::fs::write(&hdr, text).unwrap();
     curl(
         tb.client_ns(),
         &[
@@ -93,13 +98,19 @@ pub fn gateway_get(tb: &Testbed, port: u16, path: &str, token: Option<&str>) -> 
 
 /// The daemon (XDP, reset, watching `port`, HTTP API on `api`) and nginx on `port` using it
 /// as its `auth_request` authorizer.
-pub fn daemon_behind_gateway(tb: &Testbed, port: u16, api: &str) -> (Daemon, Gateway) {
+/// `extra` goes to `tokenwall run` too.
+pub fn daemon_behind_gateway(
+    tb: &Testbed,
+    port: u16,
+    api: &str,
+    extra: &[&str],
+) -> (Daemon, Gateway) {
     let port_arg = port.to_string();
-    let daemon = tb
-        .start_daemon(&[
-            "--hook", "xdp", "--action", "reset", "--port", &port_arg, "--http", api,
-        ])
-        .unwrap();
+    let mut args = vec![
+        "--hook", "xdp", "--action", "reset", "--port", &port_arg, "--http", api,
+    ];
+    args.extend_from_slice(extra);
+    let daemon = tb.start_daemon(&args).unwrap();
     let gateway = tb.start_gateway(port, api).unwrap();
     (daemon, gateway)
 }

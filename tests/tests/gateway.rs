@@ -36,7 +36,7 @@ fn token_for(tb: &Testbed, id: &str, secret: &str) -> serde_json::Value {
 #[test]
 fn nginx_authorizes_through_tokenwall_and_a_revoked_token_stops_in_the_kernel() {
     let tb = Testbed::new().unwrap();
-    let (_d, gw) = daemon_behind_gateway(&tb, PORT, API);
+    let (_d, gw) = daemon_behind_gateway(&tb, PORT, API, &[]);
 
     let out = tb.cli(
         &[

@@ -78,40 +78,27 @@ fn kid(jwt: &str) -> String {
     h["kid"].as_str().unwrap().to_string()
 }
 
-fn cli_ok(tb: &Testbed, args: &[&str]) -> Value {
-    let out = tb.cli(args, None);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn sessions_refresh_reuse_subject_and_key_revocation_through_nginx() {
     let tb = Testbed::new().unwrap();
-    let (_d, gw) = daemon_behind_gateway(&tb, PORT, API);
+    let (_d, gw) = daemon_behind_gateway(&tb, PORT, API, &[]);
     let get = |path: &str, token: &str| gateway_get(&tb, PORT, path, Some(token));
 
-    let added = cli_ok(
-        &tb,
-        &[
-            "clients",
-            "add",
-            "login",
-            "--scope",
-            "sessions",
-            "--scope",
-            "orders:read",
-            "--json",
-        ],
-    );
+    let added = tb.cli_json(&[
+        "clients",
+        "add",
+        "login",
+        "--scope",
+        "sessions",
+        "--scope",
+        "orders:read",
+        "--json",
+    ]);
     let login = Login {
         tb: &tb,
         basic: format!("login:{}", added["client_secret"].as_str().unwrap()),
     };
-    let plain = cli_ok(&tb, &["clients", "add", "reports", "--json"]);
+    let plain = tb.cli_json(&["clients", "add", "reports", "--json"]);
     let not_login = Login {
         tb: &tb,
         basic: format!("reports:{}", plain["client_secret"].as_str().unwrap()),
@@ -202,17 +189,14 @@ fn sessions_refresh_reuse_subject_and_key_revocation_through_nginx() {
     let carol = login.session("carol");
     let bob_access = b1["access_token"].as_str().unwrap().to_string();
     assert_eq!(get("/bob-1", &bob_access).status, 200);
-    let out = cli_ok(
-        &tb,
-        &[
-            "revoke",
-            "--sub",
-            "bob",
-            "--reason",
-            "password reset",
-            "--json",
-        ],
-    );
+    let out = tb.cli_json(&[
+        "revoke",
+        "--sub",
+        "bob",
+        "--reason",
+        "password reset",
+        "--json",
+    ]);
     assert_eq!(out["sessions_revoked"], 2, "{out}");
     assert!(out["tokens_pushed"].as_u64().unwrap() >= 2, "{out}");
     assert!(get("/bob-after", &bob_access).was_reset());
@@ -232,7 +216,7 @@ fn sessions_refresh_reuse_subject_and_key_revocation_through_nginx() {
     let carol_access = carol["access_token"].as_str().unwrap().to_string();
     let old_kid = kid(&carol_access);
     let hits_before = tb.counter("revoked_key_hits");
-    let out = cli_ok(&tb, &["revoke", "--kid", &old_kid, "--json"]);
+    let out = tb.cli_json(&["revoke", "--kid", &old_kid, "--json"]);
     assert_ne!(out["active_kid"], old_kid.as_str(), "{out}");
     let r = get("/carol-never-seen", &carol_access);
     assert!(r.was_reset(), "expected a kernel reset, got {r:?}");

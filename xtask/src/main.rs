@@ -33,7 +33,8 @@ enum Cmd {
     },
     /// Setup, build, and run the self-contained demo in throwaway namespaces.
     Demo,
-    /// Kernel fast-path benchmark (BPF_PROG_TEST_RUN), as ratios to an empty XDP program.
+    /// Benchmarks: kernel fast path (BPF_PROG_TEST_RUN, vs an empty XDP program) and
+    /// forward-auth throughput (vs raw ring verifications), as ratios measured in one run.
     Bench,
 }
 
@@ -116,5 +117,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
 }
 
 fn bench() -> anyhow::Result<()> {
-    run(cargo().args(["bench", "-p", "tokenwall-tests", "--bench", "kernel_path"]))
+    let bin = build(true)?;
+    run(cargo().args(["bench", "-p", "tokenwall-tests", "--bench", "kernel_path"]))?;
+    run(cargo()
+        .args(["bench", "-p", "tokenwall-tests", "--bench", "forward_auth"])
+        .env("TOKENWALL_BIN", &bin))
 }

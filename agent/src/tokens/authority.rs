@@ -17,6 +17,8 @@ use ring::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::jwks::RemoteJwks;
+use super::keys::{ExternalKey, KeySource};
 use super::private_file::{self, random_b64, sha256_b64};
 use super::validate::{KeySet, Policy, Rejection, TrustedKey, Verified, validate};
 
@@ -47,6 +49,12 @@ pub struct Client {
 struct Persisted {
     keys: Vec<StoredKey>,
     clients: BTreeMap<String, Client>,
+    /// Keys of external issuers (PEM, JWK, JWKS URL).
+    #[serde(default)]
+    external: Vec<ExternalKey>,
+    /// API keys by name.
+    #[serde(default)]
+    api_keys: BTreeMap<String, api_keys::ApiKey>,
 }
 
 /// An access token this authority issued.
@@ -91,6 +99,8 @@ pub struct Settings {
     pub audience: String,
     /// Access-token lifetime in seconds.
     pub access_ttl: u64,
+    /// Least seconds between two fetches of one JWKS URL.
+    pub jwks_min_refetch: u64,
 }
 
 /// Keys, clients and the token index.
@@ -102,6 +112,8 @@ pub struct Authority {
     policy: Policy,
     /// `jti` -> token facts.
     pub index: HashMap<String, Indexed>,
+    /// Remote JWKS sources with their last good sets.
+    remote: Vec<RemoteJwks>,
 }
 
 fn public_point(pkcs8: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -125,12 +137,17 @@ impl Authority {
             settings,
             state,
             keys: KeySet::default(),
-            policy: Policy {
-                required_typ: Some("at+jwt".into()),
-                ..Policy::default()
-            },
+            policy: Policy::default(),
             index: HashMap::new(),
+            remote: Vec::new(),
         };
+        a.remote = a
+            .state
+            .external
+            .iter()
+            .filter(|e| matches!(e.source, KeySource::JwksUrl { .. }))
+            .map(|e| RemoteJwks::new(e.clone(), a.settings.jwks_min_refetch))
+            .collect();
         if a.state.keys.is_empty() {
             a.rotate_key(crate::until::now())?;
         }
@@ -152,7 +169,21 @@ impl Authority {
                 key: DecodingKey::from_ec_der(&point),
                 issuer: self.settings.issuer.clone(),
                 audiences: vec![self.settings.audience.clone()],
+                typ: Some("at+jwt".into()),
             });
+        }
+        for e in &self.state.external {
+            for k in e.keys()? {
+                ks.insert(k);
+            }
+        }
+        for r in &self.remote {
+            for k in r.keys() {
+                // A remote set never shadows a configured key.
+                if ks.get(&k.kid).is_none() {
+                    ks.insert(k.clone());
+                }
+            }
         }
         self.keys = ks;
         Ok(())
@@ -235,6 +266,28 @@ impl Authority {
 
     /// Registers a client and returns its secret (shown once).
     pub fn add_client(&mut self, id: &str, scopes: Vec<String>) -> anyhow::Result<String> {
+        let secret = random_b64(32)?;
+        self.import_client(id, &secret, scopes)?;
+        Ok(secret)
+    }
+
+    /// Registers a client with a given secret (from the config file); a no-op when it is
+    /// already registered with the same secret and scopes.
+    pub fn import_client(
+        &mut self,
+        id: &str,
+        secret: &str,
+        scopes: Vec<String>,
+    ) -> anyhow::Result<()> {
+        if secret.len() < 16 {
+            bail!("client {id}: a secret needs at least 16 characters");
+        }
+        if let Some(c) = self.state.clients.get(id) {
+            if c.secret_sha256 == sha256_b64(secret) && c.scopes == scopes {
+                return Ok(());
+            }
+            bail!("client {id} exists with another secret or scopes (clients remove it first)");
+        }
         if id.is_empty()
             || id.len() > 128
             || !id
@@ -243,20 +296,15 @@ impl Authority {
         {
             bail!("client id must be 1-128 characters of A-Z a-z 0-9 - _ .");
         }
-        if self.state.clients.contains_key(id) {
-            bail!("client {id} exists");
-        }
-        let secret = random_b64(32)?;
         self.state.clients.insert(
             id.into(),
             Client {
                 id: id.into(),
-                secret_sha256: sha256_b64(&secret),
+                secret_sha256: sha256_b64(secret),
                 scopes,
             },
         );
-        self.save()?;
-        Ok(secret)
+        self.save()
     }
 
     /// Removes a client; returns whether it existed.
@@ -365,3 +413,6 @@ impl Authority {
         Ok(v)
     }
 }
+
+pub mod api_keys;
+mod external;

@@ -53,6 +53,9 @@ pub struct ExternalKey {
     /// Accepted audiences (empty: not checked).
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Required `typ` header (e.g. `at+jwt`); none by default, as many issuers send `JWT`.
+    #[serde(default)]
+    pub typ: Option<String>,
 }
 
 impl ExternalKey {
@@ -90,6 +93,7 @@ impl ExternalKey {
             key,
             issuer: self.issuer.clone(),
             audiences: self.audiences.clone(),
+            typ: self.typ.clone(),
         }
     }
 

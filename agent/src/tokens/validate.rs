@@ -25,6 +25,8 @@ pub struct TrustedKey {
     pub issuer: String,
     /// Accepted audiences; empty means `aud` is not checked.
     pub audiences: Vec<String>,
+    /// Required `typ` for this key's tokens; `None` falls back to the policy's.
+    pub typ: Option<String>,
 }
 
 /// The configured keys, by `kid`.
@@ -264,7 +266,7 @@ pub fn validate(
         Ok(true) => {}
         Ok(false) | Err(_) => return Err(Rejection::BadSignature),
     }
-    if let Some(required) = &policy.required_typ {
+    if let Some(required) = key.typ.as_ref().or(policy.required_typ.as_ref()) {
         let typ = header.get("typ").and_then(Value::as_str).unwrap_or("");
         if !typ_matches(typ, required) {
             return Err(Rejection::WrongType);

@@ -52,6 +52,7 @@ fn external(source: KeySource, alg: Option<&str>, kid: Option<&str>) -> External
         alg: alg.map(str::to_string),
         kid: kid.map(str::to_string),
         audiences: vec![],
+        typ: None,
     }
 }
 

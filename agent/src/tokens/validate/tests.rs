@@ -61,6 +61,7 @@ fn setup() -> (Signer, KeySet, Policy) {
         key: s.dec.clone(),
         issuer: ISS.into(),
         audiences: vec!["api".into()],
+        typ: None,
     });
     (
         s,
@@ -144,6 +145,7 @@ fn a_public_key_is_never_used_as_an_hmac_secret() {
         key: DecodingKey::from_rsa_der(&public_der),
         issuer: ISS.into(),
         audiences: vec![],
+        typ: None,
     });
     let h = json!({"alg": "HS256", "typ": "at+jwt", "kid": "rsa"});
     let t = jws(

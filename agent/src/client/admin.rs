@@ -1,0 +1,183 @@
+//! Administration commands: OAuth clients, trusted external keys, API keys.
+
+use anyhow::Context as _;
+
+use super::print;
+use crate::{
+    api::Request,
+    cli::{ApiKeysCommand, ClientArgs, KeysCommand},
+    control,
+    tokens::keys::{ExternalKey, KeySource},
+};
+
+/// Sends one request and prints the reply (JSON with --json, else `text`).
+async fn call_and_print(
+    client: &ClientArgs,
+    req: &Request,
+    text: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let data = control::call(&client.control_socket, req).await?;
+    print(client, &data, || text(&data));
+    Ok(())
+}
+
+/// One line per entry of a JSON array, or nothing.
+fn lines(data: &serde_json::Value, line: impl Fn(&serde_json::Value) -> String) -> String {
+    data.as_array()
+        .map(|a| a.iter().map(line).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
+}
+
+/// `tokenwall clients …`.
+pub async fn clients(cmd: crate::cli::ClientsCommand) -> anyhow::Result<()> {
+    use crate::cli::ClientsCommand as C;
+    match cmd {
+        C::Add { id, scopes, client } => {
+            call_and_print(
+                &client,
+                &Request::ClientsAdd {
+                    id: id.clone(),
+                    scopes,
+                },
+                |data| {
+                    format!(
+                        "client {id} added; its secret is shown only now:\n{}",
+                        data["client_secret"].as_str().unwrap_or_default()
+                    )
+                },
+            )
+            .await?;
+        }
+        C::List(client) => {
+            call_and_print(&client, &Request::ClientsList, |data| {
+                lines(data, |c| {
+                    format!(
+                        "{}  scopes: {}",
+                        c["client_id"].as_str().unwrap_or(""),
+                        c["scopes"]
+                    )
+                })
+            })
+            .await?;
+        }
+        C::Remove { id, client } => {
+            call_and_print(&client, &Request::ClientsRemove { id: id.clone() }, |_| {
+                format!("client {id} removed")
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `tokenwall keys …`.
+pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Add {
+            source,
+            issuer,
+            alg,
+            kid,
+            audiences,
+            typ,
+            client,
+        } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let source = match (source.pem, source.jwk, source.jwks_url) {
+                (Some(p), _, _) => KeySource::Pem { pem: read(&p)? },
+                (_, Some(p), _) => KeySource::Jwk {
+                    doc: serde_json::from_str(&read(&p)?)
+                        .with_context(|| format!("{} is not JSON", p.display()))?,
+                },
+                (_, _, Some(url)) => KeySource::JwksUrl { url },
+                _ => anyhow::bail!("give --pem FILE, --jwk FILE or --jwks-url URL"),
+            };
+            let key = ExternalKey {
+                source,
+                issuer,
+                alg,
+                kid,
+                audiences,
+                typ,
+            };
+            call_and_print(&client, &Request::KeysAdd { key }, |data| {
+                format!("trusted {} for issuer {}", data["id"], data["issuer"])
+            })
+            .await?;
+        }
+        KeysCommand::List(client) => {
+            call_and_print(&client, &Request::KeysList, |data| {
+                lines(data, |k| match k["url"].as_str() {
+                    Some(url) => format!(
+                        "{url}  issuer {}  kids {}  fetched_at {}  error {}",
+                        k["issuer"], k["kids"], k["fetched_at"], k["last_error"]
+                    ),
+                    None => format!(
+                        "{}  {}  issuer {}  {}",
+                        k["kid"].as_str().unwrap_or(""),
+                        k["alg"].as_str().unwrap_or(""),
+                        k["issuer"],
+                        k["state"].as_str().or(k["source"].as_str()).unwrap_or("")
+                    ),
+                })
+            })
+            .await?;
+        }
+        KeysCommand::Remove { id, client } => {
+            call_and_print(&client, &Request::KeysRemove { id: id.clone() }, |_| {
+                format!("no longer trusted: {id}")
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `tokenwall apikeys …`.
+pub async fn apikeys(cmd: ApiKeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        ApiKeysCommand::Add {
+            name,
+            scopes,
+            client,
+        } => {
+            let req = Request::ApiKeysAdd {
+                name: name.clone(),
+                scopes,
+            };
+            call_and_print(&client, &req, |data| {
+                format!(
+                    "API key {name} created; it is shown only now:\n{}",
+                    data["api_key"].as_str().unwrap_or_default()
+                )
+            })
+            .await?;
+        }
+        ApiKeysCommand::List(client) => {
+            call_and_print(&client, &Request::ApiKeysList, |data| {
+                lines(data, |k| {
+                    format!(
+                        "{}  {}  scopes: {}",
+                        k["name"].as_str().unwrap_or(""),
+                        k["fingerprint"].as_str().unwrap_or(""),
+                        k["scopes"]
+                    )
+                })
+            })
+            .await?;
+        }
+        ApiKeysCommand::Remove { name, client } => {
+            let req = Request::ApiKeysRemove { name: name.clone() };
+            call_and_print(&client, &req, |data| {
+                format!(
+                    "API key {name} removed and revoked ({})",
+                    data["fingerprint"].as_str().unwrap_or("")
+                )
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
