@@ -24,6 +24,8 @@ type FormPairs = Form<Vec<(String, String)>>;
 pub fn router(svc: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/auth", any(forward_auth))
+        // Envoy's ext_authz HTTP service appends the original path to its `path_prefix`.
+        .route("/v1/auth/{*original}", any(forward_auth))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/oauth2/token", post(token))
         .route("/oauth2/revoke", post(revoke))

@@ -130,6 +130,26 @@ fn nginx_authorizes_through_tokenwall_and_a_revoked_token_stops_in_the_kernel() 
         "the challenge must not echo the token"
     );
 
+    // Envoy's ext_authz HTTP service calls `/v1/auth` + the original path with the original
+    // method; Traefik's ForwardAuth calls `/v1/auth` with GET. Both get the identity headers.
+    let hdr = tb.work_dir().join("direct.hdr");
+    std::fs::write(&hdr, format!("Authorization: Bearer {access}\n")).unwrap();
+    for (method, path) in [("POST", "/v1/auth/orders/42?x=1"), ("GET", "/v1/auth")] {
+        let r = curl(
+            tb.server_ns(),
+            &[
+                "-X",
+                method,
+                "-H",
+                &format!("@{}", hdr.display()),
+                &format!("http://{API}{path}"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{method} {path}: {r:?}");
+        assert_eq!(r.header("x-auth-client"), Some("billing"));
+        assert_eq!(r.header("x-auth-scopes"), Some("orders:read"));
+    }
+
     // Introspection (RFC 7662) says active.
     let intro = |t: &str| {
         let r = curl(
