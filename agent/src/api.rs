@@ -83,6 +83,8 @@ pub enum Request {
     },
     /// List trusted keys.
     KeysList,
+    /// Make a new active signing key (the previous one stays trusted through its grace).
+    KeysRotate,
     /// Create an API key; the reply carries it, once.
     ApiKeysAdd {
         /// Name.

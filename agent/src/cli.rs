@@ -96,6 +96,8 @@ pub enum KeysCommand {
     },
     /// List trusted keys (own, external, remote sets).
     List(ClientArgs),
+    /// Make a new active signing key; the previous one keeps verifying until its tokens expire.
+    Rotate(ClientArgs),
     /// Stop trusting an external key (by kid) or JWKS URL.
     Remove {
         /// Key id or JWKS URL.
@@ -231,6 +233,10 @@ pub struct RunArgs {
     /// Least seconds between two fetches of one JWKS URL, for unknown-kid refetches [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub jwks_min_refetch: Option<u64>,
+    /// Algorithm of this host's signing keys; a change rotates to a new key at start
+    /// [default: ES256].
+    #[arg(long, value_enum, value_name = "ALG")]
+    pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
     /// File holding the admin bearer credential for `POST /v1/admin` (none: admin over the
     /// control socket only).
     #[arg(long, value_name = "FILE")]

@@ -40,6 +40,8 @@ pub struct ConfigFile {
     pub api_key_header: Option<String>,
     /// `--admin-token-file`.
     pub admin_token_file: Option<PathBuf>,
+    /// `--signing-alg`.
+    pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
     /// OAuth clients.
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
@@ -127,7 +129,8 @@ impl ConfigFile {
             refresh_grace,
             jwks_min_refetch,
             api_key_header,
-            admin_token_file
+            admin_token_file,
+            signing_alg
         );
     }
 

@@ -138,6 +138,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             audience: args.audience.clone().unwrap_or_else(|| "api".into()),
             access_ttl: args.access_ttl.unwrap_or(900),
             jwks_min_refetch: args.jwks_min_refetch.unwrap_or(MIN_REFETCH),
+            signing_alg: args.signing_alg.unwrap_or_default(),
         },
     )?;
     file.apply(

@@ -16,10 +16,7 @@ use crate::{
     hashkey::fingerprint,
     service::Service,
     store::{Revocation, Scope},
-    tokens::{
-        authority::Authority,
-        validate::{Rejection, Verified},
-    },
+    tokens::validate::{Rejection, Verified},
     until::{JWT_EXP_MARGIN, now},
 };
 
@@ -333,12 +330,10 @@ impl Service {
         let mut pushed = 0;
         if kind == RuleKind::Kid {
             // One header-map entry covers every token of the key, seen or not.
-            if self.authority().owns_key(name) {
+            let own_segment = self.authority().header_segment(name);
+            if let Some(segment) = own_segment {
                 active_kid = Some(self.authority().retire_key(name, now)?);
-                headers.insert(token_hash(
-                    &self.key,
-                    Authority::header_segment(name).as_bytes(),
-                ));
+                headers.insert(token_hash(&self.key, segment.as_bytes()));
             }
             headers.extend(covered.iter().map(|c| c.2));
             for h in &headers {

@@ -166,6 +166,10 @@ impl Service {
     pub fn purge_expired(&self) -> anyhow::Result<usize> {
         let now = now();
         self.authority().prune_index(now);
+        let pruned = self.authority().prune_keys(now)?;
+        if !pruned.is_empty() {
+            log::info!("signing keys past their grace period dropped: {pruned:?}");
+        }
         let sessions = self.refresh().purge_expired(now)?;
         if sessions > 0 {
             log::info!("{sessions} sessions reached their refresh lifetime");
@@ -258,6 +262,12 @@ impl Service {
                 added
             }
             Request::KeysList => self.authority().keys_list(),
+            Request::KeysRotate => {
+                let mut auth = self.authority();
+                let previous = auth.active_kid();
+                auth.rotate_key(now())
+                    .map(|kid| serde_json::json!({ "active_kid": kid, "previous": previous.ok() }))
+            }
             Request::ApiKeysAdd { name, scopes } => self.add_api_key(&name, scopes),
             Request::ApiKeysList => Ok(serde_json::json!(
                 self.authority()

@@ -183,6 +183,28 @@ fn sessions_refresh_reuse_subject_and_key_revocation_through_nginx() {
         assert!(gw.never_saw(path), "{path} reached nginx");
     }
 
+    // RFC 7009 with a refresh token ends its session: the family's access token stops in the
+    // kernel and the refresh token is dead.
+    let s3 = login.session("olga");
+    let olga_access = s3["access_token"].as_str().unwrap().to_string();
+    let olga_refresh = s3["refresh_token"].as_str().unwrap().to_string();
+    let r = curl(
+        tb.server_ns(),
+        &[
+            "-u",
+            &login.basic,
+            "--data-urlencode",
+            &format!("token={olga_refresh}"),
+            "-d",
+            "token_type_hint=refresh_token",
+            &format!("http://{API}/oauth2/revoke"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(login.refresh(&olga_refresh).body.contains("invalid_grant"));
+    assert!(get("/olga-after", &olga_access).was_reset());
+    assert!(gw.never_saw("/olga-after"));
+
     // Revocation by subject ends every session of bob, into the kernel at once.
     let b1 = login.session("bob");
     let b2 = login.session("bob");
@@ -243,4 +265,20 @@ fn sessions_refresh_reuse_subject_and_key_revocation_through_nginx() {
     let dave_access = d["access_token"].as_str().unwrap();
     assert_ne!(kid(dave_access), old_kid);
     assert_eq!(get("/dave", dave_access).status, 200);
+
+    // A planned rotation: both keys are published and dave's token keeps working.
+    let out = tb.cli_json(&["keys", "rotate", "--json"]);
+    assert_eq!(out["previous"], kid(dave_access).as_str());
+    let jwks = curl(
+        tb.server_ns(),
+        &[&format!("http://{API}/.well-known/jwks.json")],
+    )
+    .json();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+    assert_eq!(get("/dave-after-rotation", dave_access).status, 200);
+    let e = login.session("erin");
+    assert_eq!(
+        kid(e["access_token"].as_str().unwrap()),
+        out["active_kid"].as_str().unwrap()
+    );
 }

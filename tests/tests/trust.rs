@@ -226,6 +226,17 @@ scopes = ["reports:read"]
         "expected the learned header to drop it, got {r:?}"
     );
     assert!(gw.never_saw("/ext-2-typ-again"));
+    // A subject rule learns tokens it has never seen: refused by userspace once, then stopped
+    // in the kernel.
+    let zed = external_token("ext-1", "https://idp.test", "zed", None);
+    tb.cli_json(&["revoke", "--sub", "zed", "--json"]);
+    assert_eq!(get("/zed-first", &zed).status, 401);
+    let r = get("/zed-second", &zed);
+    assert!(
+        r.was_reset(),
+        "expected the learned token to stop in the kernel, got {r:?}"
+    );
+    assert!(gw.never_saw("/zed-second"));
     // ext-1 is untouched.
     assert_eq!(
         get(

@@ -125,6 +125,15 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             })
             .await?;
         }
+        KeysCommand::Rotate(client) => {
+            call_and_print(&client, &Request::KeysRotate, |data| {
+                format!(
+                    "active signing key {} (previous {} stays trusted through its grace period)",
+                    data["active_kid"], data["previous"]
+                )
+            })
+            .await?;
+        }
         KeysCommand::Remove { id, client } => {
             call_and_print(&client, &Request::KeysRemove { id: id.clone() }, |_| {
                 format!("no longer trusted: {id}")

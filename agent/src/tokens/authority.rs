@@ -9,28 +9,31 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
-use ring::{
-    rand::SystemRandom,
-    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
-};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::jwks::RemoteJwks;
 use super::keys::{ExternalKey, KeySource};
 use super::private_file::{self, random_b64, sha256_b64};
+use super::signing::{self, SigningAlg};
 use super::validate::{KeySet, Policy, Rejection, TrustedKey, Verified, validate};
 
 const FILE: &str = "authority.json";
 
-/// One signing key (ES256) as stored.
+/// One signing key as stored.
 #[derive(Clone, Serialize, Deserialize)]
 struct StoredKey {
     kid: String,
+    /// Algorithm (keys stored before this field existed are ES256).
+    #[serde(default)]
+    alg: SigningAlg,
     /// PKCS#8 DER, base64url.
     pkcs8: String,
     created_at: u64,
+    /// When a newer key took over; the key keeps verifying (and stays in the JWKS) until the
+    /// tokens it signed have expired.
+    #[serde(default)]
+    retired_at: Option<u64>,
 }
 
 /// An OAuth client; only a SHA-256 of its secret is kept (secrets are 256-bit random, so a
@@ -101,6 +104,8 @@ pub struct Settings {
     pub access_ttl: u64,
     /// Least seconds between two fetches of one JWKS URL.
     pub jwks_min_refetch: u64,
+    /// Algorithm of new signing keys.
+    pub signing_alg: SigningAlg,
 }
 
 /// Keys, clients and the token index.
@@ -114,16 +119,6 @@ pub struct Authority {
     pub index: HashMap<String, Indexed>,
     /// Remote JWKS sources with their last good sets.
     remote: Vec<RemoteJwks>,
-}
-
-fn public_point(pkcs8: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let pair = EcdsaKeyPair::from_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        pkcs8,
-        &SystemRandom::new(),
-    )
-    .map_err(|_| anyhow::anyhow!("stored signing key is not a P-256 PKCS#8 key"))?;
-    Ok(pair.public_key().as_ref().to_vec())
 }
 
 impl Authority {
@@ -148,7 +143,9 @@ impl Authority {
             .filter(|e| matches!(e.source, KeySource::JwksUrl { .. }))
             .map(|e| RemoteJwks::new(e.clone(), a.settings.jwks_min_refetch))
             .collect();
-        if a.state.keys.is_empty() {
+        // First start, or the configured algorithm changed: a new active key (the previous one
+        // stays trusted through its grace period, so no token is cut short).
+        if a.active().map_or(true, |k| k.alg != a.settings.signing_alg) {
             a.rotate_key(crate::until::now())?;
         }
         a.rebuild_keyset()?;
@@ -162,11 +159,10 @@ impl Authority {
     fn rebuild_keyset(&mut self) -> anyhow::Result<()> {
         let mut ks = KeySet::default();
         for k in &self.state.keys {
-            let point = public_point(&B64.decode(&k.pkcs8)?)?;
             ks.insert(TrustedKey {
                 kid: k.kid.clone(),
-                alg: Algorithm::ES256,
-                key: DecodingKey::from_ec_der(&point),
+                alg: k.alg.jwt(),
+                key: k.alg.decoding_key(&signing::pkcs8(&k.pkcs8)?)?,
                 issuer: self.settings.issuer.clone(),
                 audiences: vec![self.settings.audience.clone()],
                 typ: Some("at+jwt".into()),
@@ -189,20 +185,49 @@ impl Authority {
         Ok(())
     }
 
-    /// Generates a new active ES256 key; older keys keep verifying (and stay in the JWKS).
+    /// Makes a new active key (of the configured algorithm). The previous one keeps verifying,
+    /// and stays in the JWKS, until every token it signed has expired.
     pub fn rotate_key(&mut self, now: u64) -> anyhow::Result<String> {
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .map_err(|_| anyhow::anyhow!("generating a signing key failed"))?;
+        let alg = self.settings.signing_alg;
+        let pkcs8 = alg.generate()?;
         let kid = format!("tw-{}", &random_b64(9)?);
+        for k in self
+            .state
+            .keys
+            .iter_mut()
+            .filter(|k| k.retired_at.is_none())
+        {
+            k.retired_at = Some(now);
+        }
         self.state.keys.push(StoredKey {
             kid: kid.clone(),
-            pkcs8: B64.encode(pkcs8.as_ref()),
+            alg,
+            pkcs8: B64.encode(&pkcs8),
             created_at: now,
+            retired_at: None,
         });
         self.save()?;
         self.rebuild_keyset()?;
         Ok(kid)
+    }
+
+    /// Drops previous keys whose tokens have all expired (lifetime plus 5 minutes of leeway);
+    /// returns their ids.
+    pub fn prune_keys(&mut self, now: u64) -> anyhow::Result<Vec<String>> {
+        let grace = self.settings.access_ttl + crate::until::JWT_EXP_MARGIN;
+        let gone: Vec<String> = self
+            .state
+            .keys
+            .iter()
+            .filter(|k| k.retired_at.is_some_and(|r| now >= r + grace))
+            .map(|k| k.kid.clone())
+            .collect();
+        if !gone.is_empty() {
+            self.state.keys.retain(|k| !gone.contains(&k.kid));
+            self.save()?;
+            self.rebuild_keyset()?;
+        }
+        Ok(gone)
     }
 
     /// Stops trusting and publishing `kid`; if it was the active key, a new one is made first.
@@ -234,6 +259,7 @@ impl Authority {
         self.state
             .keys
             .iter()
+            .filter(|k| k.retired_at.is_none())
             .max_by_key(|k| k.created_at)
             .context("no signing key")
     }
@@ -243,24 +269,24 @@ impl Authority {
         Ok(self.active()?.kid.clone())
     }
 
-    /// The JWS header segment every token of `kid` starts with (what the kernel's header map keys on).
-    pub fn header_segment(kid: &str) -> String {
-        let mut h = Header::new(Algorithm::ES256);
-        h.typ = Some("at+jwt".into());
-        h.kid = Some(kid.into());
-        B64.encode(serde_json::to_vec(&h).unwrap_or_default())
+    /// The JWS header segment every token of own key `kid` starts with (what the kernel's
+    /// header map keys on).
+    pub fn header_segment(&self, kid: &str) -> Option<String> {
+        self.state
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .map(|k| k.alg.header_segment(kid))
     }
 
-    /// `/.well-known/jwks.json`.
+    /// `/.well-known/jwks.json`: the active key and previous keys still inside their grace.
     pub fn jwks(&self) -> anyhow::Result<Value> {
-        let mut keys = Vec::new();
-        for k in &self.state.keys {
-            let point = public_point(&B64.decode(&k.pkcs8)?)?;
-            keys.push(json!({
-                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": k.kid,
-                "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65]),
-            }));
-        }
+        let keys = self
+            .state
+            .keys
+            .iter()
+            .map(|k| k.alg.jwk(&signing::pkcs8(&k.pkcs8)?, &k.kid))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(json!({ "keys": keys }))
     }
 
@@ -360,13 +386,10 @@ impl Authority {
                 c.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = Some("at+jwt".into());
-        header.kid = Some(key.kid.clone());
         let token = jsonwebtoken::encode(
-            &header,
+            &key.alg.header(&key.kid),
             &claims,
-            &EncodingKey::from_ec_der(&B64.decode(&key.pkcs8)?),
+            &key.alg.encoding_key(&signing::pkcs8(&key.pkcs8)?),
         )?;
         self.index.insert(
             jti.clone(),
@@ -416,3 +439,6 @@ impl Authority {
 
 pub mod api_keys;
 mod external;
+
+#[cfg(test)]
+mod tests;

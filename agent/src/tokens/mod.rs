@@ -7,4 +7,5 @@ pub mod keys;
 pub mod private_file;
 pub mod refresh;
 pub mod ring_provider;
+pub mod signing;
 pub mod validate;

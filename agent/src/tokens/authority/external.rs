@@ -70,9 +70,9 @@ impl Authority {
             .iter()
             .map(|k| {
                 json!({
-                    "kid": k.kid, "alg": "ES256", "issuer": self.settings.issuer, "source": "own",
-                    "state": if k.kid == active { "active" } else { "previous" },
-                    "created_at": k.created_at,
+                    "kid": k.kid, "alg": format!("{:?}", k.alg.jwt()), "issuer": self.settings.issuer,
+                    "source": "own", "state": if k.kid == active { "active" } else { "grace" },
+                    "created_at": k.created_at, "retired_at": k.retired_at,
                 })
             })
             .collect();

@@ -1,0 +1,93 @@
+use super::*;
+
+fn settings(alg: SigningAlg) -> Settings {
+    Settings {
+        issuer: "https://tw.test".into(),
+        audience: "api".into(),
+        access_ttl: 600,
+        jwks_min_refetch: 30,
+        signing_alg: alg,
+    }
+}
+
+fn kids(a: &Authority) -> Vec<String> {
+    a.jwks().unwrap()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn issue(a: &mut Authority, now: u64) -> String {
+    a.issue(|_| 0, "c", "s", &[], &json!({}), now)
+        .unwrap()
+        .token
+}
+
+#[test]
+fn rotation_keeps_the_previous_key_through_its_grace_then_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Authority::open(dir.path(), settings(SigningAlg::Es256)).unwrap();
+    let now = crate::until::now();
+    let first = a.active_kid().unwrap();
+    let old_token = issue(&mut a, now);
+    let second = a.rotate_key(now).unwrap();
+    assert_eq!(a.active_kid().unwrap(), second);
+    assert_eq!(
+        kids(&a),
+        [first.clone(), second.clone()],
+        "the JWKS keeps the previous key"
+    );
+    assert!(
+        a.validate(&old_token, (1, 2), now).is_ok(),
+        "its tokens still verify"
+    );
+    assert!(issue(&mut a, now).starts_with(&a.header_segment(&second).unwrap()));
+    let grace = 600 + crate::until::JWT_EXP_MARGIN;
+    assert!(a.prune_keys(now + grace - 1).unwrap().is_empty());
+    assert_eq!(a.prune_keys(now + grace).unwrap(), [first.clone()]);
+    assert_eq!(kids(&a), [second]);
+    assert_eq!(
+        a.validate(&old_token, (1, 2), now).unwrap_err(),
+        Rejection::UnknownKey
+    );
+}
+
+#[test]
+fn a_new_signing_algorithm_rotates_at_start_and_each_algorithm_issues_valid_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = crate::until::now();
+    let mut previous = None;
+    for alg in [SigningAlg::Es256, SigningAlg::EdDsa, SigningAlg::Es384] {
+        let mut a = Authority::open(dir.path(), settings(alg)).unwrap();
+        let kid = a.active_kid().unwrap();
+        assert_ne!(Some(&kid), previous.as_ref(), "{alg:?} must rotate");
+        let t = issue(&mut a, now);
+        let v = a.validate(&t, (1, 2), now).unwrap();
+        assert_eq!(v.alg, alg.jwt());
+        let jwk = &a.jwks().unwrap()["keys"];
+        assert!(
+            jwk.as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kid"] == kid.as_str())
+        );
+        previous = Some(kid);
+    }
+    // Reopening with the same algorithm keeps the key.
+    let a = Authority::open(dir.path(), settings(SigningAlg::Es384)).unwrap();
+    assert_eq!(Some(a.active_kid().unwrap()), previous);
+}
+
+#[test]
+fn retiring_the_active_key_makes_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Authority::open(dir.path(), settings(SigningAlg::Es256)).unwrap();
+    let first = a.active_kid().unwrap();
+    let now = crate::until::now();
+    let next = a.retire_key(&first, now).unwrap();
+    assert_ne!(next, first);
+    assert!(!a.owns_key(&first));
+    assert_eq!(kids(&a), [next]);
+}
