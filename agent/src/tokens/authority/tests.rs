@@ -46,7 +46,7 @@ fn rotation_keeps_the_previous_key_through_its_grace_then_drops_it() {
     assert!(issue(&mut a, now).starts_with(&a.header_segment(&second).unwrap()));
     let grace = 600 + crate::until::JWT_EXP_MARGIN;
     assert!(a.prune_keys(now + grace - 1).unwrap().is_empty());
-    assert_eq!(a.prune_keys(now + grace).unwrap(), [first.clone()]);
+    assert_eq!(a.prune_keys(now + grace).unwrap(), [first]);
     assert_eq!(kids(&a), [second]);
     assert_eq!(
         a.validate(&old_token, (1, 2), now).unwrap_err(),
