@@ -120,6 +120,39 @@ impl Request {
             .unwrap_or_default()
     }
 
+    /// What an audit record of this request names (rule, client, key and API-key names;
+    /// tokens appear only as the fingerprints the caller adds) and its reason.
+    pub fn audit_subjects(&self) -> (Vec<String>, String) {
+        let r = |x: &Option<String>| x.clone().unwrap_or_default();
+        match self {
+            Request::Revoke {
+                token: TokenRef::Hash(h),
+                reason,
+                ..
+            }
+            | Request::Unrevoke {
+                token: TokenRef::Hash(h),
+                reason,
+            } => (vec![h.clone()], r(reason)),
+            Request::Revoke { reason, .. } | Request::Unrevoke { reason, .. } => {
+                (vec![], r(reason))
+            }
+            Request::RevokeBy {
+                kind, name, reason, ..
+            } => (vec![format!("{}:{name}", kind.name())], r(reason)),
+            Request::Detach { iface } => (vec![format!("iface:{iface}")], String::new()),
+            Request::ClientsAdd { id, .. } | Request::ClientsRemove { id } => {
+                (vec![format!("client:{id}")], String::new())
+            }
+            Request::KeysAdd { key } => (vec![format!("issuer:{}", key.issuer)], String::new()),
+            Request::KeysRemove { id } => (vec![format!("key:{id}")], String::new()),
+            Request::ApiKeysAdd { name, .. } | Request::ApiKeysRemove { name } => {
+                (vec![format!("apikey:{name}")], String::new())
+            }
+            _ => (vec![], String::new()),
+        }
+    }
+
     /// Whether the request only reads state.
     pub fn is_read_only(&self) -> bool {
         matches!(

@@ -50,6 +50,29 @@ pub enum Command {
     /// Manage API keys (shown once, stored hashed, revoked in the kernel on removal).
     #[command(subcommand)]
     Apikeys(ApiKeysCommand),
+    /// Check or print the hash-chained audit trail (reads the state directory directly).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `tokenwall audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the chain; report the first broken line (exit 1).
+    Verify {
+        /// State directory holding the audit files.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Print the records since a time, as JSON lines.
+    Export {
+        /// RFC 3339 time, unix seconds, or a duration back from now (`1h`).
+        #[arg(long, value_name = "TIME")]
+        since: String,
+        /// State directory holding the audit files.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 /// Where an external key comes from: exactly one.
@@ -237,6 +260,9 @@ pub struct RunArgs {
     /// [default: ES256].
     #[arg(long, value_enum, value_name = "ALG")]
     pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
+    /// Claim carrying a token's deployment version, used as the `version` metrics label.
+    #[arg(long, value_name = "CLAIM")]
+    pub version_claim: Option<String>,
     /// File holding the admin bearer credential for `POST /v1/admin` (none: admin over the
     /// control socket only).
     #[arg(long, value_name = "FILE")]

@@ -219,4 +219,4 @@ pub async fn introspect(args: crate::cli::FingerprintArgs) -> anyhow::Result<()>
 }
 
 mod admin;
-pub use admin::{apikeys, clients, keys};
+pub use admin::{apikeys, audit, clients, keys};

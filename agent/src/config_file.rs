@@ -42,6 +42,8 @@ pub struct ConfigFile {
     pub admin_token_file: Option<PathBuf>,
     /// `--signing-alg`.
     pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
+    /// `--version-claim`.
+    pub version_claim: Option<String>,
     /// OAuth clients.
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
@@ -130,7 +132,8 @@ impl ConfigFile {
             jwks_min_refetch,
             api_key_header,
             admin_token_file,
-            signing_alg
+            signing_alg,
+            version_claim
         );
     }
 

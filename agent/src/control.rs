@@ -126,7 +126,8 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
             cred.uid()
         );
     }
-    let reply = tokio::task::spawn_blocking(move || service.handle(req)).await?;
+    let actor = format!("uid:{}", cred.uid());
+    let reply = tokio::task::spawn_blocking(move || service.handle_as(req, &actor)).await?;
     write_line(&mut wr, &reply).await
 }
 

@@ -15,13 +15,15 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     api::EventLine,
+    audit::AuditLog,
     cli::{ActionArg, RunArgs},
     config_file::ConfigFile,
     control,
     hashkey::{self, fingerprint},
     http,
     kernel::{self, Kernel},
-    service::{Service, Settings, action_name},
+    metrics::Metrics,
+    service::{Parts, Service, Settings, action_name},
     store::RevocationStore,
     tokens::{
         authority::{Authority, Settings as AuthoritySettings},
@@ -147,13 +149,35 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         now(),
     )?;
     let refresh = RefreshStore::open(&args.state_dir)?;
-    let service = Arc::new(Service::new(
-        key, settings, store, kernel, authority, refresh,
-    ));
+    let audit = AuditLog::open(&args.state_dir, crate::audit::DEFAULT_MAX_BYTES)?;
+    let metrics = Metrics::new(args.version_claim.clone());
+    let parts = Parts {
+        store,
+        kernel,
+        authority,
+        refresh,
+        audit,
+        metrics,
+    };
+    let service = Arc::new(Service::new(key, settings, parts));
     let (inserted, removed) = service.sync_kernel()?;
     log::info!("kernel map in step with the store: {inserted} entries, {removed} stale removed");
+    if let Some(path) = &args.config {
+        service.record(
+            "system",
+            "config_applied",
+            vec![path.display().to_string()],
+            "",
+        )?;
+    }
     for iface in &args.ifaces {
         service.with_kernel(|k| k.attach(iface, args.hook))?;
+        service.record(
+            "system",
+            "attach",
+            vec![format!("iface:{iface}"), args.hook.name().to_string()],
+            "",
+        )?;
     }
     tokio::spawn(forward_events(events, service.clone()));
     tokio::spawn(sweep(service.clone()));

@@ -32,6 +32,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/oauth2/introspect", post(introspect))
         .route("/v1/sessions", post(create_session))
         .route("/v1/admin", post(admin))
+        .route("/metrics", get(metrics))
         .route("/v1/sessions/{sub}/claims", put(session_claims))
         .with_state(svc)
 }
@@ -278,7 +279,7 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
     if !req.is_read_only() {
         log::info!("admin: {} by the admin credential over HTTP", req.command());
     }
-    match tokio::task::spawn_blocking(move || svc.handle(req)).await {
+    match tokio::task::spawn_blocking(move || svc.handle_as(req, "admin")).await {
         Ok(reply) => {
             let status = if reply.ok {
                 StatusCode::OK
@@ -288,5 +289,20 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
             (status, Json(reply)).into_response()
         }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// `GET /metrics` (OpenMetrics text).
+async fn metrics(State(svc): Svc) -> Response {
+    match tokio::task::spawn_blocking(move || svc.metrics_text()).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

@@ -2,6 +2,7 @@
 //! integration tests and benchmarks.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config_file;
@@ -10,6 +11,7 @@ pub mod daemon;
 pub mod hashkey;
 pub mod http;
 pub mod kernel;
+pub mod metrics;
 pub mod oauth;
 pub mod rules;
 pub mod service;

@@ -44,6 +44,7 @@ fn main() {
             Command::Introspect(args) => client::introspect(args).await,
             Command::Keys(cmd) => client::keys(cmd).await,
             Command::Apikeys(cmd) => client::apikeys(cmd).await,
+            Command::Audit(cmd) => client::audit(cmd),
         }
     });
     if let Err(e) = result {

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     api::TokenRef,
     hashkey::fingerprint,
+    metrics::KidLabel,
     service::Service,
     until::{JWT_EXP_MARGIN, now},
 };
@@ -205,11 +206,21 @@ impl Service {
                 now(),
             )
             .map_err(|e| OAuthError::new(500, "server_error", e.to_string()))?;
-        log::info!(
-            "issued {} to client {client_id} (jti {})",
-            fingerprint(token_hash(&key, issued.token.as_bytes())),
-            issued.jti
-        );
+        let fp = fingerprint(token_hash(&key, issued.token.as_bytes()));
+        self.metrics
+            .issued
+            .get_or_create(&KidLabel {
+                kid: issued.kid.clone(),
+            })
+            .inc();
+        log::info!("issued {fp} to client {client_id} (jti {})", issued.jti);
+        self.record(
+            &format!("client:{client_id}"),
+            "issue",
+            vec![fp, format!("jti:{}", issued.jti)],
+            "client_credentials",
+        )
+        .map_err(|e| OAuthError::new(500, "server_error", format!("{e:#}")))?;
         // RFC 6749 section 4.4.3: an access token only, no refresh token.
         Ok(json!({
             "access_token": issued.token, "token_type": "Bearer",
@@ -269,7 +280,14 @@ impl Service {
             Some(format!("RFC 7009 by client {client_id}")),
             false,
         )
-        .map(|_| ())
+        .map_err(unavailable)?;
+        self.metrics.count_revocation("token", "rfc7009");
+        self.record(
+            &format!("client:{client_id}"),
+            "revoke",
+            vec![fingerprint(hash)],
+            "RFC 7009",
+        )
         .map_err(unavailable)
     }
 

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::{
     api::TokenRef,
     hashkey::fingerprint,
+    metrics::{ValidationLabels, outcome},
     service::Service,
     store::{Revocation, Scope},
     tokens::validate::{Rejection, Verified},
@@ -102,6 +103,28 @@ impl Service {
     /// Checks a bearer token: revoked (by hash, header segment or rule), then the cache, then
     /// full validation. A token a rule covers is learned into the kernel map.
     pub fn check_token(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
+        let started = std::time::Instant::now();
+        let result = self.check_token_uncounted(token);
+        let m = &self.metrics;
+        m.validation_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let labels = match &result {
+            Ok(v) => ValidationLabels {
+                outcome: "ok".into(),
+                kid: v.kid.clone(),
+                version: m.version_of(m.version_claim.as_deref().and_then(|c| v.claim_str(c))),
+            },
+            Err(r) => ValidationLabels {
+                outcome: outcome(r).into(),
+                kid: "other".into(),
+                version: String::new(),
+            },
+        };
+        m.validated.get_or_create(&labels).inc();
+        result
+    }
+
+    fn check_token_uncounted(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
         let hash = token_hash(&self.key, token.as_bytes());
         let header = token.split('.').next().unwrap_or_default();
         let header_hash = token_hash(&self.key, header.as_bytes());
@@ -161,6 +184,16 @@ impl Service {
                 )
                 .map(|_| ())
             };
+            self.metrics
+                .count_revocation(if what == "kid" { "kid" } else { "token" }, "learned");
+            let learned = learned.and_then(|()| {
+                self.record(
+                    "system",
+                    "learned_revoke",
+                    vec![fingerprint(if what == "kid" { header_hash } else { hash })],
+                    &format!("covered by a {what} rule"),
+                )
+            });
             if let Err(e) = learned {
                 log::warn!(
                     "learning {} into the kernel failed: {e:#}",

@@ -16,8 +16,10 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::{AttachmentInfo, EventLine, Reply, Request, RevokeReply, StatusReply, TokenRef},
+    audit::{AuditLog, Entry},
     hashkey::{fingerprint, parse_fingerprint},
     kernel::{self, Kernel},
+    metrics::{Metrics, Snapshot},
     store::{Revocation, RevocationStore, Scope},
     tokens::{
         authority::Authority,
@@ -67,6 +69,10 @@ pub struct Service {
     refresh: Mutex<RefreshStore>,
     /// Verified tokens by hash.
     cache: Mutex<VerifiedCache>,
+    /// The hash-chained audit trail.
+    audit: Mutex<AuditLog>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
     /// Hit events fan-out to `events` clients.
     pub events: broadcast::Sender<EventLine>,
 }
@@ -80,16 +86,33 @@ pub fn action_name(a: Action) -> &'static str {
     }
 }
 
+/// The opened parts a [`Service`] is made of.
+pub struct Parts {
+    /// The durable revocation store.
+    pub store: RevocationStore,
+    /// The loaded kernel programs and maps.
+    pub kernel: Kernel,
+    /// Keys, clients and the token index.
+    pub authority: Authority,
+    /// Sessions.
+    pub refresh: RefreshStore,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
 impl Service {
-    /// Wraps a loaded kernel and an opened store; call [`Service::sync_kernel`] next.
-    pub fn new(
-        key: HashKey,
-        settings: Settings,
-        store: RevocationStore,
-        kernel: Kernel,
-        authority: Authority,
-        refresh: RefreshStore,
-    ) -> Self {
+    /// Wraps the opened parts; call [`Service::sync_kernel`] next.
+    pub fn new(key: HashKey, settings: Settings, parts: Parts) -> Self {
+        let Parts {
+            store,
+            kernel,
+            authority,
+            refresh,
+            audit,
+            metrics,
+        } = parts;
         let (events, _) = broadcast::channel(1024);
         Self {
             key,
@@ -101,6 +124,8 @@ impl Service {
                 DEFAULT_CAPACITY,
                 Policy::default().leeway,
             )),
+            audit: Mutex::new(audit),
+            metrics,
             events,
         }
     }
@@ -176,6 +201,7 @@ impl Service {
         }
         let mut inner = self.lock();
         let gone = inner.store.purge_expired(now);
+        self.metrics.purged.inc_by(gone.len() as u64);
         for h in &gone {
             // Expired entries may be of either scope; removing an absent key is fine.
             inner.kernel.remove(*h)?;
@@ -218,7 +244,82 @@ impl Service {
 
     /// Handles one request (not `Events`, which the server streams itself).
     pub fn handle(&self, req: Request) -> Reply {
-        let result = match req {
+        self.handle_as(req, "system")
+    }
+
+    /// Handles one request for `actor` (`uid:N`, `admin`); a state change is in the audit log
+    /// (fsynced) before the reply.
+    pub fn handle_as(&self, req: Request, actor: &str) -> Reply {
+        let audited = (!req.is_read_only()).then(|| (req.command(), req.audit_subjects()));
+        let token_fp = match &req {
+            Request::Revoke {
+                token: t @ TokenRef::Token(_),
+                ..
+            }
+            | Request::Unrevoke {
+                token: t @ TokenRef::Token(_),
+                ..
+            } => self.hash_of(t).ok().map(fingerprint),
+            _ => None,
+        };
+        let counted = match &req {
+            Request::Revoke { api_key, .. } => Some(if *api_key { "api_key" } else { "token" }),
+            Request::RevokeBy { kind, .. } => Some(kind.name()),
+            Request::ApiKeysRemove { .. } => Some("api_key"),
+            _ => None,
+        };
+        let unrevoke = matches!(req, Request::Unrevoke { .. });
+        let mut result = self.dispatch(req);
+        if result.is_ok() {
+            if let Some(kind) = counted {
+                self.metrics.count_revocation(kind, "operator");
+            }
+            if unrevoke {
+                self.metrics.unrevoked.inc();
+            }
+        }
+        if let (Ok(_), Some((action, (mut subjects, reason)))) = (&result, audited) {
+            subjects.extend(token_fp);
+            if let Err(e) = self.record(actor, &action, subjects, &reason) {
+                result = Err(e.context("the change was made, but writing the audit record failed"));
+            }
+        }
+        match result {
+            Ok(v) => Reply {
+                ok: true,
+                error: None,
+                data: Some(v),
+            },
+            Err(e) => Reply::err(format!("{e:#}")),
+        }
+    }
+
+    /// Appends an audit record (fsynced).
+    pub fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        subjects: Vec<String>,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        self.audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(
+                Entry {
+                    actor: actor.into(),
+                    action: action.into(),
+                    subjects,
+                    reason: reason.into(),
+                },
+                time,
+            )
+            .map(|_| ())
+    }
+
+    fn dispatch(&self, req: Request) -> anyhow::Result<serde_json::Value> {
+        match req {
             Request::Revoke {
                 token,
                 until,
@@ -292,14 +393,6 @@ impl Service {
                 Ok(false) => Err(anyhow::anyhow!("no client {id}")),
                 Err(e) => Err(e),
             },
-        };
-        match result {
-            Ok(v) => Reply {
-                ok: true,
-                error: None,
-                data: Some(v),
-            },
-            Err(e) => Reply::err(format!("{e:#}")),
         }
     }
 
@@ -310,6 +403,7 @@ impl Service {
         reason: Option<String>,
         api_key: bool,
     ) -> anyhow::Result<serde_json::Value> {
+        let started = std::time::Instant::now();
         let hash = self.hash_of(token)?;
         let now = now();
         let expires_at = match (until, token) {
@@ -345,6 +439,9 @@ impl Service {
             .context("revocation missing after recording it")?;
         apply(&mut inner, &kept)
             .context("the revocation is recorded durably, but updating the kernel map failed")?;
+        self.metrics
+            .revocation_to_kernel_seconds
+            .observe(started.elapsed().as_secs_f64());
         let in_kernel = inner.kernel.contains(hash);
         log::info!(
             "revoked {} until {} ({})",
@@ -385,6 +482,37 @@ impl Service {
             expires_at: 0,
             in_kernel,
         })?)
+    }
+
+    /// `GET /metrics`: OpenMetrics text with kernel counters and gauges read now.
+    pub fn metrics_text(&self) -> anyhow::Result<String> {
+        let (cached_tokens, keys) = {
+            let auth = self.authority();
+            (self.cache().len() as u64, auth.key_counts())
+        };
+        let snapshot = {
+            let inner = self.lock();
+            Snapshot {
+                kernel: inner
+                    .kernel
+                    .counters()?
+                    .into_iter()
+                    .map(|(c, v)| (c.name(), v))
+                    .collect(),
+                ifaces: inner
+                    .kernel
+                    .attachments()
+                    .into_iter()
+                    .map(|a| a.iface)
+                    .collect(),
+                store_entries: inner.store.len() as u64,
+                kernel_token_entries: inner.kernel.revoked_hashes().len() as u64,
+                kernel_header_entries: inner.kernel.revoked_header_hashes().len() as u64,
+                cached_tokens,
+                keys,
+            }
+        };
+        Ok(self.metrics.encode(snapshot))
     }
 
     fn status(&self) -> anyhow::Result<serde_json::Value> {

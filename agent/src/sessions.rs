@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::{
     api::TokenRef,
     hashkey::fingerprint,
+    metrics::KidLabel,
     oauth::{ClientAuth, OAuthError},
     rules::{RuleKind, rule_hash},
     service::Service,
@@ -131,7 +132,7 @@ impl Service {
             )
             .map_err(server_error)?;
         log::info!("session opened for a subject by client {client_id} (family {family_id})");
-        self.issue_in_family(&family_id, &client_id, sub, &scopes, refresh_token)
+        self.issue_in_family(&family_id, &client_id, sub, &scopes, refresh_token, "issue")
     }
 
     /// `PUT /v1/sessions/{sub}/claims`: replaces the extra claims of later tokens for `sub`.
@@ -156,6 +157,7 @@ impl Service {
         sub: &str,
         scopes: &[String],
         refresh_token: String,
+        action: &str,
     ) -> Result<Value, OAuthError> {
         let key = self.key;
         let extra = self.refresh().claims(sub);
@@ -172,9 +174,29 @@ impl Service {
             )
             .map_err(server_error)?;
         let hash = token_hash(&key, issued.token.as_bytes());
+        self.metrics
+            .issued
+            .get_or_create(&KidLabel {
+                kid: issued.kid.clone(),
+            })
+            .inc();
+        if action == "renew" {
+            self.metrics.renewed.inc();
+        }
         self.refresh()
             .record_access(family_id, hash, issued.exp, now)
             .map_err(server_error)?;
+        self.record(
+            &format!("client:{client_id}"),
+            action,
+            vec![
+                fingerprint(hash),
+                format!("jti:{}", issued.jti),
+                format!("family:{family_id}"),
+            ],
+            "",
+        )
+        .map_err(server_error)?;
         Ok(json!({
             "access_token": issued.token, "token_type": "Bearer",
             "expires_in": issued.exp.saturating_sub(now), "scope": issued.scope,
@@ -207,6 +229,15 @@ impl Service {
             Rotation::Unknown => Err(invalid("refresh token unknown, expired or revoked")),
             Rotation::Reused { family_id, family } => {
                 log::warn!("refresh-token reuse detected: family {family_id} revoked");
+                self.metrics.reuse_detected.inc();
+                self.metrics.count_revocation("family", "reuse");
+                self.record(
+                    &format!("client:{client_id}"),
+                    "reuse_detected",
+                    vec![format!("family:{family_id}")],
+                    "retired refresh token presented",
+                )
+                .map_err(server_error)?;
                 self.revoke_family_access(&family, "refresh token reuse")
                     .map_err(server_error)?;
                 Err(invalid("refresh token reused; the session is revoked"))
@@ -218,6 +249,7 @@ impl Service {
             } => {
                 if let Some(what) = self.session_rule(&family) {
                     self.refresh().end(&family_id).map_err(server_error)?;
+                    self.metrics.count_revocation("family", "session_end");
                     self.revoke_family_access(&family, what)
                         .map_err(server_error)?;
                     return Err(invalid("the session's subject or client is revoked"));
@@ -238,7 +270,14 @@ impl Service {
                     }
                     None => family.scopes.clone(),
                 };
-                self.issue_in_family(&family_id, client_id, &family.sub, &scopes, refresh_token)
+                self.issue_in_family(
+                    &family_id,
+                    client_id,
+                    &family.sub,
+                    &scopes,
+                    refresh_token,
+                    "renew",
+                )
             }
         }
     }
@@ -291,6 +330,13 @@ impl Service {
         };
         if let Some(f) = self.refresh().end(&family_id)? {
             self.revoke_family_access(&f, "refresh token revoked (RFC 7009)")?;
+            self.metrics.count_revocation("family", "rfc7009");
+            self.record(
+                &format!("client:{client_id}"),
+                "revoke_session",
+                vec![format!("family:{family_id}")],
+                "RFC 7009",
+            )?;
         }
         Ok(true)
     }

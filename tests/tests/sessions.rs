@@ -281,4 +281,48 @@ fn sessions_refresh_reuse_subject_and_key_revocation_through_nginx() {
         kid(e["access_token"].as_str().unwrap()),
         out["active_kid"].as_str().unwrap()
     );
+
+    // Every change above is in the hash-chained audit trail, with its actor, and no token.
+    let state = tb.state_dir().display().to_string();
+    let offline = |args: &[&str]| {
+        std::process::Command::new(tokenwall_tests::tokenwall_bin().unwrap())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let verify = offline(&["audit", "verify", "--state-dir", &state]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let export = offline(&["audit", "export", "--since", "1h", "--state-dir", &state]);
+    let text = String::from_utf8_lossy(&export.stdout).into_owned();
+    let actions: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (action, actor) in [
+        ("attach", "system"),
+        ("clients_add", "uid:0"),
+        ("issue", "client:login"),
+        ("renew", "client:login"),
+        ("reuse_detected", "client:login"),
+        ("revoke_session", "client:login"),
+        ("revoke_by", "uid:0"),
+        ("keys_rotate", "uid:0"),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == action && a["actor"] == actor),
+            "no {action} by {actor} in the audit trail:\n{text}"
+        );
+    }
+    for secret in [&access1, &refresh1, &carol_access] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a token leaked into the audit trail"
+        );
+    }
 }

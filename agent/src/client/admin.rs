@@ -190,3 +190,33 @@ pub async fn apikeys(cmd: ApiKeysCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `tokenwall audit …` (no daemon needed).
+pub fn audit(cmd: crate::cli::AuditCommand) -> anyhow::Result<()> {
+    use crate::cli::AuditCommand as A;
+    match cmd {
+        A::Verify { state_dir } => match crate::audit::verify(&state_dir)? {
+            Ok(n) => {
+                println!("audit chain intact: {n} records");
+                Ok(())
+            }
+            Err(broken) => anyhow::bail!("audit chain broken at {broken}"),
+        },
+        A::Export { since, state_dir } => {
+            let now = crate::until::now();
+            // A duration counts back from now; times and unix seconds are taken as given.
+            let since = match humantime::parse_duration(&since) {
+                Ok(d) => now.saturating_sub(d.as_secs()),
+                Err(_) => crate::until::parse_until(&since, 0)?,
+            };
+            let since = humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(since),
+            )
+            .to_string();
+            for r in crate::audit::export(&state_dir, &since)? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
+    }
+}

@@ -72,6 +72,8 @@ pub struct Issued {
     pub exp: u64,
     /// Granted scopes, space-separated.
     pub scope: String,
+    /// The signing key.
+    pub kid: String,
 }
 
 /// What is known about a token by `jti` (indexed at issue time, or when first validated).
@@ -408,6 +410,7 @@ impl Authority {
             jti,
             exp,
             scope,
+            kid: key.kid.clone(),
         })
     }
 

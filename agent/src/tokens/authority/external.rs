@@ -61,6 +61,22 @@ impl Authority {
         Ok(removed)
     }
 
+    /// Trusted keys by state: this host's `active` and `grace` keys, and `external` ones.
+    pub fn key_counts(&self) -> Vec<(&'static str, u64)> {
+        let grace = self
+            .state
+            .keys
+            .iter()
+            .filter(|k| k.retired_at.is_some())
+            .count() as u64;
+        let own = self.state.keys.len() as u64;
+        vec![
+            ("active", own - grace),
+            ("grace", grace),
+            ("external", self.keys.len() as u64 - own),
+        ]
+    }
+
     /// Every trusted key: this host's own, configured external ones, and remote sets.
     pub fn keys_list(&self) -> anyhow::Result<Value> {
         let active = self.active_kid()?;

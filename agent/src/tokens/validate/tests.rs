@@ -479,3 +479,29 @@ fn malformed_tokens_are_named_as_such() {
         );
     }
 }
+
+/// Revocation is by hash of the token's text, so one signature must have exactly one spelling:
+/// base64url with non-zero trailing bits (which decodes to the same bytes) is refused, or a
+/// revoked token could be replayed as a "different" token.
+#[test]
+fn only_the_canonical_spelling_of_a_token_is_accepted() {
+    let (s, keys, policy) = setup();
+    let t = jws(&header(), &claims(), &s.enc, Algorithm::ES256);
+    assert!(validate(&t, &keys, &policy, NOW).is_ok());
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    // An ES256 signature is 64 bytes: 86 characters, the last carrying 2 bits and 4 zero bits.
+    let last = *t.as_bytes().last().unwrap();
+    let value = ALPHABET.iter().position(|c| *c == last).unwrap();
+    let mut variants = 0;
+    for (i, c) in ALPHABET.iter().enumerate() {
+        if i >> 4 == value >> 4 && i != value {
+            let variant = format!("{}{}", &t[..t.len() - 1], *c as char);
+            assert!(
+                validate(&variant, &keys, &policy, NOW).is_err(),
+                "non-canonical spelling {variant} accepted"
+            );
+            variants += 1;
+        }
+    }
+    assert_eq!(variants, 15);
+}

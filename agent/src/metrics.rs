@@ -1,0 +1,329 @@
+//! Prometheus metrics (prometheus-client), served as OpenMetrics text at `GET /metrics`.
+//! Lifecycle counters are updated where things happen; kernel counters and gauges are read at
+//! scrape time. Labels are bounded: `kid` only names configured keys, `version` at most
+//! [`MAX_VERSIONS`] values of the configured claim, `reason` a small set of sources. No label
+//! ever carries a token, a fingerprint or a subject.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{rules::Refusal, tokens::validate::Rejection};
+
+/// Distinct deployment versions labelled before the rest become `other`.
+pub const MAX_VERSIONS: usize = 16;
+
+/// `kid` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KidLabel {
+    /// Signing key id.
+    pub kid: String,
+}
+
+/// Labels of a validation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValidationLabels {
+    /// `ok`, `expired`, `not_yet_valid`, `bad_signature`, `unknown_key`, `wrong_issuer`,
+    /// `wrong_audience`, `revoked`, `malformed`.
+    pub outcome: String,
+    /// Configured key id, or `other`.
+    pub kid: String,
+    /// Deployment version claim, `other`, or empty.
+    pub version: String,
+}
+
+/// Labels of a revocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevocationLabels {
+    /// `token`, `jti`, `sub`, `client`, `kid`, `family`, `api_key`.
+    pub kind: String,
+    /// `operator`, `rfc7009`, `learned`, `reuse`, `session_end`.
+    pub reason: String,
+}
+
+/// What is read at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Kernel counters summed over CPUs, by name.
+    pub kernel: Vec<(&'static str, u64)>,
+    /// Attached interfaces (the kernel counters are totals over them).
+    pub ifaces: Vec<String>,
+    /// Live revocations in the store.
+    pub store_entries: u64,
+    /// Entries in the kernel's token map.
+    pub kernel_token_entries: u64,
+    /// Entries in the kernel's header-segment map.
+    pub kernel_header_entries: u64,
+    /// Verified tokens cached.
+    pub cached_tokens: u64,
+    /// Signing keys by state (`active`, `grace`, `external`).
+    pub keys: Vec<(&'static str, u64)>,
+}
+
+/// Rows of one gauge: (label name, label value, value); an empty name means no label.
+type GaugeRows<'a> = Vec<(&'a str, &'a str, u64)>;
+
+#[derive(Debug, Default)]
+struct SnapshotCollector(Arc<Mutex<Snapshot>>);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let iface = s.ifaces.join(",");
+        for (name, value) in &s.kernel {
+            let c = ConstCounter::new(*value);
+            let help =
+                format!("Kernel fast path: {name} (summed over CPUs and the attached interfaces)");
+            let metric = format!("kernel_{name}");
+            let mut m = encoder.encode_descriptor(&metric, &help, None, c.metric_type())?;
+            c.encode(m.encode_family(&[("iface", iface.as_str())])?)?;
+        }
+        let gauges: [(&str, &str, GaugeRows); 3] = [
+            (
+                "revoked_entries",
+                "Live revocations in the store and in each kernel map",
+                vec![
+                    ("where", "store", s.store_entries),
+                    ("where", "kernel_tokens", s.kernel_token_entries),
+                    ("where", "kernel_headers", s.kernel_header_entries),
+                ],
+            ),
+            (
+                "cached_tokens",
+                "Verified tokens in the cache",
+                vec![("", "", s.cached_tokens)],
+            ),
+            (
+                "signing_keys",
+                "Trusted keys by state",
+                s.keys
+                    .iter()
+                    .map(|(state, n)| ("state", *state, *n))
+                    .collect(),
+            ),
+        ];
+        for (name, help, values) in gauges {
+            let first = ConstGauge::new(0i64);
+            let mut m = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+            for (label, value, n) in values {
+                let g = ConstGauge::new(n as i64);
+                if label.is_empty() {
+                    g.encode(m.encode_family(&Vec::<(&str, &str)>::new())?)?;
+                } else {
+                    g.encode(m.encode_family(&[(label, value)])?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every metric of the daemon.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    snapshot: Arc<Mutex<Snapshot>>,
+    versions: Mutex<HashSet<String>>,
+    /// The claim naming a token's deployment version, if configured.
+    pub version_claim: Option<String>,
+    /// Tokens issued, by signing key.
+    pub issued: Family<KidLabel, Counter>,
+    /// Validations by outcome, key and version.
+    pub validated: Family<ValidationLabels, Counter>,
+    /// Refresh-token rotations.
+    pub renewed: Counter,
+    /// Retired refresh tokens presented.
+    pub reuse_detected: Counter,
+    /// Revocations by kind and reason.
+    pub revoked: Family<RevocationLabels, Counter>,
+    /// Revocations lifted.
+    pub unrevoked: Counter,
+    /// Expired store entries purged.
+    pub purged: Counter,
+    /// Time to check one token (cache hit or full validation).
+    pub validation_seconds: Histogram,
+    /// From a revocation request to the kernel map update completing.
+    pub revocation_to_kernel_seconds: Histogram,
+}
+
+/// The `outcome` label of a refusal.
+pub fn outcome(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Revoked(_) => "revoked",
+        Refusal::Invalid(rej) => match rej {
+            Rejection::Expired => "expired",
+            Rejection::NotYetValid | Rejection::IssuedInFuture => "not_yet_valid",
+            Rejection::BadSignature | Rejection::AlgorithmMismatch => "bad_signature",
+            Rejection::UnknownKey => "unknown_key",
+            Rejection::WrongIssuer => "wrong_issuer",
+            Rejection::WrongAudience => "wrong_audience",
+            _ => "malformed",
+        },
+    }
+}
+
+impl Metrics {
+    /// Registers everything; `version_claim` names the deployment-version claim, if any.
+    pub fn new(version_claim: Option<String>) -> Self {
+        let mut registry = Registry::with_prefix("tokenwall");
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let m = Self {
+            snapshot: snapshot.clone(),
+            versions: Mutex::new(HashSet::new()),
+            version_claim,
+            issued: Family::default(),
+            validated: Family::default(),
+            renewed: Counter::default(),
+            reuse_detected: Counter::default(),
+            revoked: Family::default(),
+            unrevoked: Counter::default(),
+            purged: Counter::default(),
+            validation_seconds: Histogram::new(exponential_buckets(5e-6, 2.0, 16)),
+            revocation_to_kernel_seconds: Histogram::new(exponential_buckets(5e-5, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register("tokens_issued", "Access tokens issued", m.issued.clone());
+        registry.register(
+            "tokens_validated",
+            "Token validations by outcome",
+            m.validated.clone(),
+        );
+        registry.register(
+            "tokens_renewed",
+            "Refresh-token rotations",
+            m.renewed.clone(),
+        );
+        registry.register(
+            "refresh_reuse_detected",
+            "Retired refresh tokens presented (the family was revoked)",
+            m.reuse_detected.clone(),
+        );
+        registry.register(
+            "revocations",
+            "Revocations by kind and reason",
+            m.revoked.clone(),
+        );
+        registry.register("unrevocations", "Revocations lifted", m.unrevoked.clone());
+        registry.register(
+            "expired_purged",
+            "Expired revocations purged",
+            m.purged.clone(),
+        );
+        registry.register(
+            "validation_seconds",
+            "Time to check one token",
+            m.validation_seconds.clone(),
+        );
+        registry.register(
+            "revocation_to_kernel_seconds",
+            "From a revocation request to the kernel map update",
+            m.revocation_to_kernel_seconds.clone(),
+        );
+        registry.register_collector(Box::new(SnapshotCollector(snapshot)));
+        Self { registry, ..m }
+    }
+
+    /// The `version` label of a verified token: the claim's value while fewer than
+    /// [`MAX_VERSIONS`] values have been seen, then `other`.
+    pub fn version_of(&self, claim: Option<&str>) -> String {
+        let (Some(_), Some(v)) = (&self.version_claim, claim) else {
+            return String::new();
+        };
+        let mut seen = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(v) || seen.len() < MAX_VERSIONS {
+            seen.insert(v.to_string());
+            v.chars().take(64).collect()
+        } else {
+            "other".into()
+        }
+    }
+
+    /// Counts a revocation.
+    pub fn count_revocation(&self, kind: &str, reason: &str) {
+        self.revoked
+            .get_or_create(&RevocationLabels {
+                kind: kind.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Encodes everything as OpenMetrics text, after installing a fresh snapshot.
+    pub fn encode(&self, snapshot: Snapshot) -> String {
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_gauges_and_kernel_counters_are_encoded_with_bounded_labels() {
+        let m = Metrics::new(Some("ver".into()));
+        m.issued.get_or_create(&KidLabel { kid: "k1".into() }).inc();
+        for i in 0..(MAX_VERSIONS + 3) {
+            let v = m.version_of(Some(&format!("v{i}")));
+            let labels = ValidationLabels {
+                outcome: "ok".into(),
+                kid: "k1".into(),
+                version: v,
+            };
+            m.validated.get_or_create(&labels).inc();
+        }
+        m.count_revocation("sub", "operator");
+        let text = m.encode(Snapshot {
+            kernel: vec![("revoked_hits", 7)],
+            ifaces: vec!["eth0".into()],
+            store_entries: 3,
+            keys: vec![("active", 1)],
+            ..Snapshot::default()
+        });
+        assert!(
+            text.contains("tokenwall_tokens_issued_total{kid=\"k1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokenwall_kernel_revoked_hits_total{iface=\"eth0\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokenwall_revoked_entries{where=\"store\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("tokenwall_revocations_total{kind=\"sub\",reason=\"operator\"} 1"));
+        assert!(
+            text.contains("version=\"other\"} 3"),
+            "versions beyond the bound: {text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn refusals_map_to_the_documented_outcomes() {
+        assert_eq!(outcome(&Refusal::Revoked("token")), "revoked");
+        assert_eq!(outcome(&Refusal::Invalid(Rejection::Expired)), "expired");
+        assert_eq!(outcome(&Refusal::Invalid(Rejection::AlgNone)), "malformed");
+        assert_eq!(
+            outcome(&Refusal::Invalid(Rejection::UnknownKey)),
+            "unknown_key"
+        );
+    }
+}
