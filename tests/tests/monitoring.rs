@@ -164,6 +164,28 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
     ] {
         assert_eq!(sample(&text, &series), Some(want), "{series} in\n{text}");
     }
+    // Every metric the shipped Grafana dashboard queries exists.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../monitoring/grafana-dashboard.json")).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("tokenwall_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                    "the dashboard queries {name}, which /metrics does not have"
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried > 15, "the dashboard queries {queried} metrics");
     // Labels never carry tokens or fingerprints.
     for t in &tokens {
         assert!(!text.contains(&t[t.len() - 20..]));
