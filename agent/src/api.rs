@@ -41,6 +41,29 @@ pub enum Request {
     Status,
     /// Stream hit events.
     Events,
+    /// Stream lifecycle events of these kinds (all when empty).
+    Watch {
+        /// Kinds to follow.
+        #[serde(default)]
+        kinds: Vec<crate::lifecycle::EventKind>,
+    },
+    /// One token's timeline.
+    TokenShow {
+        /// By token (fingerprinted by the daemon) or fingerprint.
+        token: Option<TokenRef>,
+        /// By `jti`.
+        jti: Option<String>,
+    },
+    /// Live and revoked tokens the daemon knows.
+    TokensList {
+        /// Only tokens expiring within this many seconds.
+        expiring_within: Option<u64>,
+        /// Only revoked ones.
+        #[serde(default)]
+        revoked: bool,
+        /// Only this subject's.
+        sub: Option<String>,
+    },
     /// Remove the attachments of an interface.
     Detach {
         /// Interface name.
@@ -159,6 +182,9 @@ impl Request {
             self,
             Request::Status
                 | Request::Events
+                | Request::Watch { .. }
+                | Request::TokenShow { .. }
+                | Request::TokensList { .. }
                 | Request::Fingerprint { .. }
                 | Request::Introspect { .. }
                 | Request::ClientsList

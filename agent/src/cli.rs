@@ -50,9 +50,61 @@ pub enum Command {
     /// Manage API keys (shown once, stored hashed, revoked in the kernel on removal).
     #[command(subcommand)]
     Apikeys(ApiKeysCommand),
+    /// Follow the token lifecycle live (issued, rejected, renewed, revoked, kernel hits…).
+    Watch(WatchArgs),
+    /// One token's timeline, or the tokens the daemon knows.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Check or print the hash-chained audit trail (reads the state directory directly).
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+/// `tokenwall watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only these kinds (repeatable).
+    #[arg(long = "kind", value_enum, value_name = "KIND")]
+    pub kinds: Vec<crate::lifecycle::EventKind>,
+    /// Client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `tokenwall tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// A token's timeline: issued or first seen, checks by outcome, renewals, revocation,
+    /// kernel hits and their last sources.
+    Show {
+        /// By `jti`.
+        #[arg(long, value_name = "ID", group = "which")]
+        jti: Option<String>,
+        /// By fingerprint.
+        #[arg(long, value_name = "HEX", group = "which")]
+        fingerprint: Option<String>,
+        /// Read the token from standard input (`-`).
+        #[arg(long, value_name = "-", value_parser = stdin_marker, group = "which")]
+        token: Option<String>,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Live tokens the daemon has indexed (issued here or seen valid).
+    List {
+        /// Only those expiring within this duration (`10m`, `2h`).
+        #[arg(long, value_name = "DURATION")]
+        expiring_within: Option<String>,
+        /// Only revoked ones.
+        #[arg(long)]
+        revoked: bool,
+        /// Only this subject's.
+        #[arg(long, value_name = "SUB")]
+        sub: Option<String>,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `tokenwall audit …`.

@@ -165,9 +165,12 @@ pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tokenwall events`: prints one JSON line per hit until interrupted.
-pub async fn events(args: ClientArgs) -> anyhow::Result<()> {
-    let (mut lines, _) = control::open(&args.control_socket, &Request::Events).await?;
+/// Opens a streaming request and checks the daemon's first reply; returns the lines after it.
+pub(crate) async fn open_stream(
+    args: &ClientArgs,
+    req: &Request,
+) -> anyhow::Result<tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>> {
+    let (mut lines, _) = control::open(&args.control_socket, req).await?;
     let first = lines
         .next_line()
         .await?
@@ -176,6 +179,12 @@ pub async fn events(args: ClientArgs) -> anyhow::Result<()> {
     if !reply.ok {
         bail!("{}", reply.error.unwrap_or_default());
     }
+    Ok(lines)
+}
+
+/// `tokenwall events`: prints one JSON line per hit until interrupted.
+pub async fn events(args: ClientArgs) -> anyhow::Result<()> {
+    let mut lines = open_stream(&args, &Request::Events).await?;
     while let Some(line) = lines.next_line().await? {
         println!("{line}");
     }
@@ -219,4 +228,4 @@ pub async fn introspect(args: crate::cli::FingerprintArgs) -> anyhow::Result<()>
 }
 
 mod admin;
-pub use admin::{apikeys, audit, clients, keys};
+pub use admin::{apikeys, audit, clients, keys, tokens, watch};

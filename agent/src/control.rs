@@ -102,22 +102,15 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
         Ok(r) => r,
         Err(e) => return write_line(&mut wr, &Reply::err(format!("bad request: {e}"))).await,
     };
+    if let Request::Watch { kinds } = &req {
+        let rx = service.lifecycle.subscribe();
+        return stream_lines(&mut wr, rx, |ev: &crate::lifecycle::LifecycleEvent| {
+            kinds.is_empty() || kinds.contains(&ev.kind)
+        })
+        .await;
+    }
     if req == Request::Events {
-        let mut rx = service.events.subscribe();
-        write_line(
-            &mut wr,
-            &Reply::ok(&serde_json::json!({ "streaming": true })),
-        )
-        .await?;
-        loop {
-            match rx.recv().await {
-                Ok(ev) => write_line(&mut wr, &ev).await?,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    write_line(&mut wr, &serde_json::json!({ "lagged": n })).await?;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
-            }
-        }
+        return stream_lines(&mut wr, service.events.subscribe(), |_| true).await;
     }
     if !req.is_read_only() {
         log::info!(
@@ -129,6 +122,26 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
     let actor = format!("uid:{}", cred.uid());
     let reply = tokio::task::spawn_blocking(move || service.handle_as(req, &actor)).await?;
     write_line(&mut wr, &reply).await
+}
+
+/// Streams a broadcast channel as JSON lines (after an `ok` reply) until the client goes.
+async fn stream_lines<T: Clone + serde::Serialize>(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    mut rx: tokio::sync::broadcast::Receiver<T>,
+    keep: impl Fn(&T) -> bool,
+) -> anyhow::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    write_line(wr, &Reply::ok(&serde_json::json!({ "streaming": true }))).await?;
+    loop {
+        match rx.recv().await {
+            Ok(ev) if keep(&ev) => write_line(wr, &ev).await?,
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => {
+                write_line(wr, &serde_json::json!({ "lagged": n })).await?
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
 }
 
 /// Client side: sends one request and returns the reply's data, or the daemon's error.

@@ -22,6 +22,7 @@ use crate::{
     hashkey::{self, fingerprint},
     http,
     kernel::{self, Kernel},
+    lifecycle::{EventKind, LifecycleEvent},
     metrics::Metrics,
     service::{Parts, Service, Settings, action_name},
     store::RevocationStore,
@@ -322,6 +323,14 @@ async fn forward_events(ring: RingBuf<MapData>, service: Arc<Service>) {
                 line.fingerprint,
                 line.source
             );
+            let mut ev = LifecycleEvent::now(
+                EventKind::KernelHit,
+                Some(line.fingerprint.clone()),
+                format!("{} on {} ({})", line.action, line.iface, line.matched),
+            );
+            ev.time = line.time.clone();
+            ev.source = Some(line.source.clone());
+            service.emit(ev);
             let _ = service.events.send(line);
         }
         guard.clear_ready();

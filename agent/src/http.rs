@@ -268,7 +268,10 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
                 .into_response();
         }
     };
-    if req == crate::api::Request::Events {
+    if matches!(
+        req,
+        crate::api::Request::Events | crate::api::Request::Watch { .. }
+    ) {
         let msg = "events is a stream: use the control socket (tokenwall events)";
         return (
             StatusCode::BAD_REQUEST,

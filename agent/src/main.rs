@@ -45,6 +45,8 @@ fn main() {
             Command::Keys(cmd) => client::keys(cmd).await,
             Command::Apikeys(cmd) => client::apikeys(cmd).await,
             Command::Audit(cmd) => client::audit(cmd),
+            Command::Watch(args) => client::watch(args).await,
+            Command::Tokens(cmd) => client::tokens(cmd).await,
         }
     });
     if let Err(e) = result {

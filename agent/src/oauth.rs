@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     api::TokenRef,
     hashkey::fingerprint,
+    lifecycle::{EventKind, LifecycleEvent},
     metrics::KidLabel,
     service::Service,
     until::{JWT_EXP_MARGIN, now},
@@ -214,6 +215,14 @@ impl Service {
             })
             .inc();
         log::info!("issued {fp} to client {client_id} (jti {})", issued.jti);
+        self.emit(
+            LifecycleEvent::now(
+                EventKind::Issued,
+                Some(fp.clone()),
+                format!("client {client_id}"),
+            )
+            .with_jti(&issued.jti),
+        );
         self.record(
             &format!("client:{client_id}"),
             "issue",

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::{
     api::TokenRef,
     hashkey::fingerprint,
+    lifecycle::{EventKind, LifecycleEvent},
     metrics::{ValidationLabels, outcome},
     service::Service,
     store::{Revocation, Scope},
@@ -121,6 +122,18 @@ impl Service {
             },
         };
         m.validated.get_or_create(&labels).inc();
+        let fp = Some(fingerprint(token_hash(&self.key, token.as_bytes())));
+        let ev = match &result {
+            Ok(v) => {
+                let ev = LifecycleEvent::now(EventKind::Validated, fp, "ok");
+                match v.claim_str("jti") {
+                    Some(j) => ev.with_jti(j),
+                    None => ev,
+                }
+            }
+            Err(_) => LifecycleEvent::now(EventKind::Rejected, fp, labels.outcome.clone()),
+        };
+        self.emit(ev);
         result
     }
 
@@ -286,6 +299,11 @@ impl Service {
 
     /// Stores a revoked JWS header segment (durably) and puts it in the kernel's header map.
     fn revoke_header(&self, hash: u64, reason: String) -> anyhow::Result<bool> {
+        self.emit(LifecycleEvent::now(
+            EventKind::Revoked,
+            Some(fingerprint(hash)),
+            format!("signing-key header segment: {reason}"),
+        ));
         let rev = Revocation {
             hash,
             expires_at: 0,
@@ -390,6 +408,11 @@ impl Service {
             self.cache().clear();
         }
         let families = self.revoke_sessions_by(kind, name, &reason)?;
+        self.emit(LifecycleEvent::now(
+            EventKind::Revoked,
+            None,
+            format!("rule {} {name}: {reason}", kind.name()),
+        ));
         log::warn!(
             "revoked by {} {} ({pushed} live tokens pushed to the kernel, {families} sessions ended)",
             kind.name(),

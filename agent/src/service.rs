@@ -16,10 +16,11 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::{AttachmentInfo, EventLine, Reply, Request, RevokeReply, StatusReply, TokenRef},
-    audit::{AuditLog, Entry},
+    audit::AuditLog,
     hashkey::{fingerprint, parse_fingerprint},
     kernel::{self, Kernel},
-    metrics::{Metrics, Snapshot},
+    lifecycle::{EventKind, LifecycleEvent, Timelines},
+    metrics::Metrics,
     store::{Revocation, RevocationStore, Scope},
     tokens::{
         authority::Authority,
@@ -70,9 +71,13 @@ pub struct Service {
     /// Verified tokens by hash.
     cache: Mutex<VerifiedCache>,
     /// The hash-chained audit trail.
-    audit: Mutex<AuditLog>,
+    pub(crate) audit: Mutex<AuditLog>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The lifecycle event stream (`tokenwall watch`).
+    pub lifecycle: broadcast::Sender<LifecycleEvent>,
+    /// Per-token timelines (`tokenwall tokens show`).
+    pub(crate) timelines: Mutex<Timelines>,
     /// Hit events fan-out to `events` clients.
     pub events: broadcast::Sender<EventLine>,
 }
@@ -114,6 +119,7 @@ impl Service {
             metrics,
         } = parts;
         let (events, _) = broadcast::channel(1024);
+        let (lifecycle, _) = broadcast::channel(4096);
         Self {
             key,
             settings,
@@ -126,6 +132,8 @@ impl Service {
             )),
             audit: Mutex::new(audit),
             metrics,
+            lifecycle,
+            timelines: Mutex::new(Timelines::default()),
             events,
         }
     }
@@ -202,6 +210,13 @@ impl Service {
         let mut inner = self.lock();
         let gone = inner.store.purge_expired(now);
         self.metrics.purged.inc_by(gone.len() as u64);
+        for h in &gone {
+            self.emit(LifecycleEvent::now(
+                EventKind::Purged,
+                Some(fingerprint(*h)),
+                "expired",
+            ));
+        }
         for h in &gone {
             // Expired entries may be of either scope; removing an absent key is fine.
             inner.kernel.remove(*h)?;
@@ -294,30 +309,6 @@ impl Service {
         }
     }
 
-    /// Appends an audit record (fsynced).
-    pub fn record(
-        &self,
-        actor: &str,
-        action: &str,
-        subjects: Vec<String>,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        self.audit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(
-                Entry {
-                    actor: actor.into(),
-                    action: action.into(),
-                    subjects,
-                    reason: reason.into(),
-                },
-                time,
-            )
-            .map(|_| ())
-    }
-
     fn dispatch(&self, req: Request) -> anyhow::Result<serde_json::Value> {
         match req {
             Request::Revoke {
@@ -332,7 +323,22 @@ impl Service {
             Request::Fingerprint { token } => self
                 .hash_of(&token)
                 .map(|h| serde_json::json!({ "fingerprint": fingerprint(h) })),
-            Request::Events => Err(anyhow::anyhow!("events is a stream")),
+            Request::Events | Request::Watch { .. } => Err(anyhow::anyhow!("a stream")),
+            Request::TokenShow { token, jti } => {
+                let fp = token
+                    .map(|t| self.hash_of(&t).map(fingerprint))
+                    .transpose()?;
+                self.timeline(fp.as_deref(), jti.as_deref())
+                    .context(
+                        "no timeline for that token (it was never issued, checked or hit here)",
+                    )
+                    .and_then(|t| Ok(serde_json::to_value(t)?))
+            }
+            Request::TokensList {
+                expiring_within,
+                revoked,
+                sub,
+            } => Ok(self.tokens_list(expiring_within, revoked, sub.as_deref())),
             Request::RevokeBy {
                 kind,
                 name,
@@ -442,6 +448,11 @@ impl Service {
         self.metrics
             .revocation_to_kernel_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.emit(LifecycleEvent::now(
+            EventKind::Revoked,
+            Some(fingerprint(hash)),
+            kept.reason.clone(),
+        ));
         let in_kernel = inner.kernel.contains(hash);
         log::info!(
             "revoked {} until {} ({})",
@@ -476,43 +487,17 @@ impl Service {
             .update_config(|c| c.header_revocations = headers)?;
         let in_kernel = inner.kernel.contains(hash);
         log::info!("unrevoked {}", fingerprint(hash));
+        self.emit(LifecycleEvent::now(
+            EventKind::Unrevoked,
+            Some(fingerprint(hash)),
+            reason.clone().unwrap_or_default(),
+        ));
         Ok(serde_json::to_value(RevokeReply {
             fingerprint: fingerprint(hash),
             changed,
             expires_at: 0,
             in_kernel,
         })?)
-    }
-
-    /// `GET /metrics`: OpenMetrics text with kernel counters and gauges read now.
-    pub fn metrics_text(&self) -> anyhow::Result<String> {
-        let (cached_tokens, keys) = {
-            let auth = self.authority();
-            (self.cache().len() as u64, auth.key_counts())
-        };
-        let snapshot = {
-            let inner = self.lock();
-            Snapshot {
-                kernel: inner
-                    .kernel
-                    .counters()?
-                    .into_iter()
-                    .map(|(c, v)| (c.name(), v))
-                    .collect(),
-                ifaces: inner
-                    .kernel
-                    .attachments()
-                    .into_iter()
-                    .map(|a| a.iface)
-                    .collect(),
-                store_entries: inner.store.len() as u64,
-                kernel_token_entries: inner.kernel.revoked_hashes().len() as u64,
-                kernel_header_entries: inner.kernel.revoked_header_hashes().len() as u64,
-                cached_tokens,
-                keys,
-            }
-        };
-        Ok(self.metrics.encode(snapshot))
     }
 
     fn status(&self) -> anyhow::Result<serde_json::Value> {

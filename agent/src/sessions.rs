@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::{
     api::TokenRef,
     hashkey::fingerprint,
+    lifecycle::{EventKind, LifecycleEvent},
     metrics::KidLabel,
     oauth::{ClientAuth, OAuthError},
     rules::{RuleKind, rule_hash},
@@ -183,6 +184,15 @@ impl Service {
         if action == "renew" {
             self.metrics.renewed.inc();
         }
+        let kind = if action == "renew" {
+            EventKind::Renewed
+        } else {
+            EventKind::Issued
+        };
+        self.emit(
+            LifecycleEvent::now(kind, Some(fingerprint(hash)), format!("family {family_id}"))
+                .with_jti(&issued.jti),
+        );
         self.refresh()
             .record_access(family_id, hash, issued.exp, now)
             .map_err(server_error)?;
@@ -230,6 +240,11 @@ impl Service {
             Rotation::Reused { family_id, family } => {
                 log::warn!("refresh-token reuse detected: family {family_id} revoked");
                 self.metrics.reuse_detected.inc();
+                self.emit(LifecycleEvent::now(
+                    EventKind::ReuseDetected,
+                    None,
+                    format!("family {family_id} revoked"),
+                ));
                 self.metrics.count_revocation("family", "reuse");
                 self.record(
                     &format!("client:{client_id}"),

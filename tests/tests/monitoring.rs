@@ -19,13 +19,14 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Sends one request carrying `token` and closes with a reset after 200 ms, so a dropped
+/// Sends one request carrying `token` and closes with a reset after 50 ms (under the 200 ms
+/// minimum retransmission timeout), so a dropped
 /// segment is never retransmitted: each call is exactly one packet for the kernel to judge.
 fn one_shot(tb: &Testbed, token: &str) {
     let script = "import socket,struct,sys,time\n\
         s=socket.create_connection(('192.0.2.1',8080),timeout=2)\n\
         s.sendall(sys.stdin.buffer.read())\n\
-        time.sleep(0.2)\n\
+        time.sleep(0.05)\n\
         s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\n\
         s.close()\n";
     let mut child = tb
@@ -56,6 +57,14 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
     let added = tb.cli_json(&["clients", "add", "m", "--scope", "a", "--json"]);
     let basic = format!("m:{}", added["client_secret"].as_str().unwrap());
     let metrics = || curl(tb.server_ns(), &[&format!("http://{API}/metrics")]);
+    // Follow the lifecycle from the start of the sequence.
+    let watch = std::process::Command::new(tokenwall_tests::tokenwall_bin().unwrap())
+        .args(["watch", "--json", "--control-socket"])
+        .arg(tb.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
 
     // Issue 3.
     let tokens: Vec<String> = (0..3)
@@ -186,6 +195,91 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
         }
     }
     assert!(queried > 15, "the dashboard queries {queried} metrics");
+    // The same sequence, live: every event `watch` saw, by kind.
+    let mut watch = watch;
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = watch.kill();
+    let seen = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
+    let events: Vec<serde_json::Value> = seen
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |kind: &str| events.iter().filter(|e| e["kind"] == kind).count();
+    assert_eq!(
+        (
+            count("issued"),
+            count("rejected"),
+            count("revoked"),
+            count("kernel_hit")
+        ),
+        (3, 2, 1, 4),
+        "{seen}"
+    );
+    assert_eq!(count("validated"), 0, "passing checks are not streamed");
+    assert!(
+        !seen.contains(&tokens[0]),
+        "a token leaked into the event stream"
+    );
+
+    // The revoked token's timeline.
+    let out = tb.cli(
+        &["tokens", "show", "--token", "-", "--json"],
+        Some(tokens[0].as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(t["issued"].is_string(), "{t}");
+    assert_eq!(t["validations"], json!({ "ok": 1 }), "{t}");
+    assert!(t["revoked"].is_array(), "{t}");
+    assert_eq!(t["kernel_hits"], 4, "{t}");
+    assert!(
+        t["last_sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s.as_str().unwrap().starts_with("192.0.2.2:")),
+        "{t}"
+    );
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "issued",
+            "revoked",
+            "kernel_hit",
+            "kernel_hit",
+            "kernel_hit",
+            "kernel_hit"
+        ]
+    );
+    // The forged token's timeline says why it was refused.
+    let out = tb.cli(
+        &["tokens", "show", "--token", "-", "--json"],
+        Some(forged.as_bytes()),
+    );
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(t["validations"], json!({ "bad_signature": 1 }), "{t}");
+    // What is live and what is revoked.
+    let all = tb.cli_json(&["tokens", "list", "--json"]);
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
+    let revoked = tb.cli_json(&["tokens", "list", "--revoked", "--json"]);
+    assert_eq!(revoked.as_array().unwrap().len(), 1, "{revoked}");
+    let soon = tb.cli_json(&["tokens", "list", "--expiring-within", "1m", "--json"]);
+    assert_eq!(
+        soon.as_array().unwrap().len(),
+        0,
+        "tokens live 15 minutes: {soon}"
+    );
+
     // Labels never carry tokens or fingerprints.
     for t in &tokens {
         assert!(!text.contains(&t[t.len() - 20..]));

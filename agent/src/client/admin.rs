@@ -220,3 +220,122 @@ pub fn audit(cmd: crate::cli::AuditCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `tokenwall watch`: one line per lifecycle event until interrupted.
+pub async fn watch(args: crate::cli::WatchArgs) -> anyhow::Result<()> {
+    let req = Request::Watch { kinds: args.kinds };
+    let mut lines = super::open_stream(&args.client, &req).await?;
+    while let Some(line) = lines.next_line().await? {
+        if args.client.json {
+            println!("{line}");
+            continue;
+        }
+        let Ok(ev) = serde_json::from_str::<crate::lifecycle::LifecycleEvent>(&line) else {
+            println!("{line}");
+            continue;
+        };
+        println!(
+            "{}  {:<14} {:<16} {}{}",
+            ev.time,
+            serde_json::to_value(ev.kind)?.as_str().unwrap_or(""),
+            ev.fingerprint.as_deref().unwrap_or("-"),
+            ev.detail,
+            ev.source.map(|s| format!(" from {s}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `tokenwall tokens …`.
+pub async fn tokens(cmd: crate::cli::TokensCommand) -> anyhow::Result<()> {
+    use crate::cli::TokensCommand as T;
+    match cmd {
+        T::Show {
+            jti,
+            fingerprint,
+            token,
+            client,
+        } => {
+            let token = match (token, fingerprint) {
+                (Some(_), _) => Some(super::token_ref(&crate::cli::TokenArgs {
+                    token: Some("-".into()),
+                    token_file: None,
+                    hash: None,
+                    jti: None,
+                    sub: None,
+                    client: None,
+                    kid: None,
+                })?),
+                (None, Some(fp)) => Some(crate::api::TokenRef::Hash(fp)),
+                (None, None) => None,
+            };
+            if token.is_none() && jti.is_none() {
+                anyhow::bail!("give --jti ID, --fingerprint HEX or --token -");
+            }
+            call_and_print(&client, &Request::TokenShow { token, jti }, |t| {
+                let mut out = format!(
+                    "token {}  jti {}\n  issued     {}\n  first seen {}\n  checks     {}\n  renewals   {}\n  revoked    {}\n  kernel hits {} (last from {})\n",
+                    t["fingerprint"].as_str().unwrap_or(""),
+                    t["jti"].as_str().unwrap_or("-"),
+                    t["issued"].as_str().unwrap_or("-"),
+                    t["first_seen"].as_str().unwrap_or("-"),
+                    t["validations"],
+                    t["renewals"],
+                    t["revoked"],
+                    t["kernel_hits"],
+                    t["last_sources"],
+                );
+                for e in t["events"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "  {}  {}  {}\n",
+                        e["time"].as_str().unwrap_or(""),
+                        e["kind"].as_str().unwrap_or(""),
+                        e["detail"].as_str().unwrap_or("")
+                    ));
+                }
+                out.trim_end().to_string()
+            })
+            .await?;
+        }
+        T::List {
+            expiring_within,
+            revoked,
+            sub,
+            client,
+        } => {
+            let expiring_within = expiring_within
+                .map(|d| {
+                    humantime::parse_duration(&d)
+                        .map(|d| d.as_secs())
+                        .with_context(|| {
+                            format!("--expiring-within {d:?} is not a duration like 10m")
+                        })
+                })
+                .transpose()?;
+            let req = Request::TokensList {
+                expiring_within,
+                revoked,
+                sub,
+            };
+            call_and_print(&client, &req, |data| {
+                lines(data, |t| {
+                    format!(
+                        "{}  jti {}  sub {}  client {}  expires in {}s{}",
+                        t["fingerprint"].as_str().unwrap_or(""),
+                        t["jti"].as_str().unwrap_or(""),
+                        t["sub"].as_str().unwrap_or(""),
+                        t["client_id"].as_str().unwrap_or(""),
+                        t["expires_in"],
+                        if t["revoked"].is_null() {
+                            ""
+                        } else {
+                            "  REVOKED"
+                        }
+                    )
+                })
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}

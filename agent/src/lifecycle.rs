@@ -1,0 +1,234 @@
+//! The token lifecycle as one event stream (issued, rejected, renewed, reuse detected, revoked,
+//! unrevoked, purged, kernel hit, alert) and per-token timelines built from it. Events name
+//! tokens by fingerprint only. Timelines are bounded: at most [`MAX_TOKENS`] tokens (the
+//! oldest first-seen go first), each with its last [`MAX_EVENTS`] events and
+//! [`MAX_SOURCES`] kernel-hit sources.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Tokens with a timeline.
+pub const MAX_TOKENS: usize = 100_000;
+/// Events kept per token.
+pub const MAX_EVENTS: usize = 32;
+/// Kernel-hit source addresses kept per token.
+pub const MAX_SOURCES: usize = 8;
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A token was issued.
+    Issued,
+    /// A token was checked and passed (timelines only; not streamed, it would flood).
+    Validated,
+    /// A token was checked and refused.
+    Rejected,
+    /// A refresh-token rotation issued this token.
+    Renewed,
+    /// A retired refresh token was presented; its family was revoked.
+    ReuseDetected,
+    /// Revoked (directly, by rule, learned, family).
+    Revoked,
+    /// A revocation was lifted.
+    Unrevoked,
+    /// An expired revocation was purged.
+    Purged,
+    /// The kernel stopped (or observed) a request carrying the token.
+    KernelHit,
+    /// An anomaly rule fired.
+    Alert,
+}
+
+/// One event.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    /// RFC 3339 time.
+    pub time: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The token's fingerprint, when the event concerns one token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Its `jti`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Outcome, reason or action.
+    #[serde(default)]
+    pub detail: String,
+    /// Client address of a kernel hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl LifecycleEvent {
+    /// An event at the current time.
+    pub fn now(kind: EventKind, fingerprint: Option<String>, detail: impl Into<String>) -> Self {
+        Self {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            kind,
+            fingerprint,
+            jti: None,
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// With a `jti`.
+    pub fn with_jti(mut self, jti: impl Into<String>) -> Self {
+        self.jti = Some(jti.into());
+        self
+    }
+}
+
+/// One token's life.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Timeline {
+    /// Fingerprint.
+    pub fingerprint: String,
+    /// `jti`, when known.
+    pub jti: Option<String>,
+    /// When it was issued here, if it was.
+    pub issued: Option<String>,
+    /// When it was first seen (issued or first checked).
+    pub first_seen: String,
+    /// Checks by outcome (`ok`, `expired`, `revoked`…).
+    pub validations: BTreeMap<String, u64>,
+    /// Renewals that produced it.
+    pub renewals: u64,
+    /// When and why it was revoked (the latest).
+    pub revoked: Option<(String, String)>,
+    /// Kernel hits.
+    pub kernel_hits: u64,
+    /// The last kernel-hit source addresses.
+    pub last_sources: Vec<String>,
+    /// The last events.
+    pub events: Vec<LifecycleEvent>,
+}
+
+/// Timelines by fingerprint.
+#[derive(Default)]
+pub struct Timelines {
+    by_fp: HashMap<String, Timeline>,
+    order: VecDeque<String>,
+    jti_to_fp: HashMap<String, String>,
+}
+
+impl Timelines {
+    /// Folds an event (and, for a validation, its outcome) into the token's timeline.
+    pub fn apply(&mut self, ev: &LifecycleEvent) {
+        let Some(fp) = &ev.fingerprint else { return };
+        if !self.by_fp.contains_key(fp) {
+            if self.by_fp.len() >= MAX_TOKENS
+                && let Some(old) = self.order.pop_front()
+                && let Some(t) = self.by_fp.remove(&old)
+                && let Some(j) = t.jti
+            {
+                self.jti_to_fp.remove(&j);
+            }
+            self.order.push_back(fp.clone());
+            self.by_fp.insert(
+                fp.clone(),
+                Timeline {
+                    fingerprint: fp.clone(),
+                    first_seen: ev.time.clone(),
+                    ..Timeline::default()
+                },
+            );
+        }
+        let t = self.by_fp.get_mut(fp).expect("inserted above");
+        if let Some(j) = &ev.jti
+            && t.jti.is_none()
+        {
+            t.jti = Some(j.clone());
+            self.jti_to_fp.insert(j.clone(), fp.clone());
+        }
+        match ev.kind {
+            EventKind::Issued => t.issued = Some(ev.time.clone()),
+            EventKind::Renewed => {
+                t.issued = Some(ev.time.clone());
+                t.renewals += 1;
+            }
+            EventKind::Validated => *t.validations.entry("ok".into()).or_default() += 1,
+            EventKind::Rejected => *t.validations.entry(ev.detail.clone()).or_default() += 1,
+            EventKind::Revoked => t.revoked = Some((ev.time.clone(), ev.detail.clone())),
+            EventKind::Unrevoked => t.revoked = None,
+            EventKind::KernelHit => {
+                t.kernel_hits += 1;
+                if let Some(s) = &ev.source {
+                    t.last_sources.retain(|x| x != s);
+                    t.last_sources.push(s.clone());
+                    if t.last_sources.len() > MAX_SOURCES {
+                        t.last_sources.remove(0);
+                    }
+                }
+            }
+            EventKind::ReuseDetected | EventKind::Purged | EventKind::Alert => {}
+        }
+        // Passing checks are counted, not listed: they would push everything else out.
+        if ev.kind != EventKind::Validated {
+            t.events.push(ev.clone());
+            if t.events.len() > MAX_EVENTS {
+                t.events.remove(0);
+            }
+        }
+    }
+
+    /// The timeline of a fingerprint.
+    pub fn get(&self, fp: &str) -> Option<&Timeline> {
+        self.by_fp.get(fp)
+    }
+
+    /// The fingerprint of a `jti` seen in an event.
+    pub fn fingerprint_of(&self, jti: &str) -> Option<&str> {
+        self.jti_to_fp.get(jti).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, fp: &str, detail: &str) -> LifecycleEvent {
+        LifecycleEvent::now(kind, Some(fp.into()), detail)
+    }
+
+    #[test]
+    fn a_timeline_counts_outcomes_and_keeps_revocation_and_sources() {
+        let mut t = Timelines::default();
+        t.apply(&ev(EventKind::Issued, "aa", "client m").with_jti("j1"));
+        for _ in 0..3 {
+            t.apply(&ev(EventKind::Validated, "aa", "ok"));
+        }
+        t.apply(&ev(EventKind::Rejected, "aa", "expired"));
+        t.apply(&ev(EventKind::Revoked, "aa", "stolen"));
+        for i in 0..10 {
+            let mut hit = ev(EventKind::KernelHit, "aa", "drop");
+            hit.source = Some(format!("192.0.2.{i}:1"));
+            t.apply(&hit);
+        }
+        let tl = t.get(t.fingerprint_of("j1").unwrap()).unwrap();
+        assert!(tl.issued.is_some());
+        assert_eq!(tl.validations["ok"], 3);
+        assert_eq!(tl.validations["expired"], 1);
+        assert_eq!(tl.revoked.as_ref().unwrap().1, "stolen");
+        assert_eq!(tl.kernel_hits, 10);
+        assert_eq!(tl.last_sources.len(), MAX_SOURCES);
+        assert_eq!(tl.last_sources.last().unwrap(), "192.0.2.9:1");
+        assert!(tl.events.iter().all(|e| e.kind != EventKind::Validated));
+    }
+
+    #[test]
+    fn events_per_token_are_bounded() {
+        let mut t = Timelines::default();
+        for _ in 0..(MAX_EVENTS * 3) {
+            t.apply(&ev(EventKind::Rejected, "bb", "bad_signature"));
+        }
+        assert_eq!(t.get("bb").unwrap().events.len(), MAX_EVENTS);
+        assert_eq!(
+            t.get("bb").unwrap().validations["bad_signature"],
+            MAX_EVENTS as u64 * 3
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Monitoring on top of [`Service`]: the lifecycle event stream and per-token timelines, the
+//! token list, the audit trail's append, and the metrics snapshot read at scrape time.
+
+use crate::{
+    audit::Entry,
+    hashkey::fingerprint,
+    lifecycle::{EventKind, LifecycleEvent, Timeline},
+    metrics::Snapshot,
+    service::Service,
+    until::now,
+};
+
+impl Service {
+    /// Publishes a lifecycle event: into the token's timeline, and (except passing checks)
+    /// to `watch` clients.
+    pub fn emit(&self, ev: LifecycleEvent) {
+        self.timelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&ev);
+        if ev.kind != EventKind::Validated {
+            let _ = self.lifecycle.send(ev);
+        }
+    }
+
+    /// Tokens indexed here (issued, or seen valid), filtered; newest expiry last.
+    pub(crate) fn tokens_list(
+        &self,
+        expiring_within: Option<u64>,
+        revoked_only: bool,
+        sub: Option<&str>,
+    ) -> serde_json::Value {
+        let now = now();
+        let index: Vec<_> = self
+            .authority()
+            .index
+            .iter()
+            .map(|(j, ix)| (j.clone(), ix.clone()))
+            .collect();
+        let inner = self.lock();
+        let mut rows: Vec<(u64, serde_json::Value)> = index
+            .into_iter()
+            .filter(|(_, ix)| ix.exp > now)
+            .filter(|(_, ix)| expiring_within.is_none_or(|d| ix.exp <= now + d))
+            .filter(|(_, ix)| sub.is_none_or(|s| ix.sub == s))
+            .filter_map(|(jti, ix)| {
+                let rev = inner.store.get(ix.hash);
+                (!revoked_only || rev.is_some()).then(|| {
+                    (
+                        ix.exp,
+                        serde_json::json!({
+                            "fingerprint": fingerprint(ix.hash), "jti": jti, "sub": ix.sub,
+                            "client_id": ix.client_id, "kid": ix.kid, "exp": ix.exp,
+                            "expires_in": ix.exp - now,
+                            "revoked": rev.map(|r| serde_json::json!({ "reason": r.reason, "at": r.revoked_at })),
+                        }),
+                    )
+                })
+            })
+            .collect();
+        rows.sort_by_key(|(exp, _)| *exp);
+        serde_json::Value::Array(rows.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// A token's timeline, by fingerprint or `jti`.
+    pub fn timeline(&self, fp: Option<&str>, jti: Option<&str>) -> Option<Timeline> {
+        let t = self.timelines.lock().unwrap_or_else(|p| p.into_inner());
+        let fp = match (fp, jti) {
+            (Some(fp), _) => Some(fp.to_string()),
+            (None, Some(j)) => t
+                .fingerprint_of(j)
+                .map(str::to_string)
+                .or_else(|| self.authority().index.get(j).map(|ix| fingerprint(ix.hash))),
+            _ => None,
+        }?;
+        t.get(&fp).cloned()
+    }
+
+    /// Appends an audit record (fsynced).
+    pub fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        subjects: Vec<String>,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        self.audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(
+                Entry {
+                    actor: actor.into(),
+                    action: action.into(),
+                    subjects,
+                    reason: reason.into(),
+                },
+                time,
+            )
+            .map(|_| ())
+    }
+
+    /// `GET /metrics`: OpenMetrics text with kernel counters and gauges read now.
+    pub fn metrics_text(&self) -> anyhow::Result<String> {
+        let (cached_tokens, keys) = {
+            let auth = self.authority();
+            (self.cache().len() as u64, auth.key_counts())
+        };
+        let snapshot = {
+            let inner = self.lock();
+            Snapshot {
+                kernel: inner
+                    .kernel
+                    .counters()?
+                    .into_iter()
+                    .map(|(c, v)| (c.name(), v))
+                    .collect(),
+                ifaces: inner
+                    .kernel
+                    .attachments()
+                    .into_iter()
+                    .map(|a| a.iface)
+                    .collect(),
+                store_entries: inner.store.len() as u64,
+                kernel_token_entries: inner.kernel.revoked_hashes().len() as u64,
+                kernel_header_entries: inner.kernel.revoked_header_hashes().len() as u64,
+                cached_tokens,
+                keys,
+            }
+        };
+        Ok(self.metrics.encode(snapshot))
+    }
+}
