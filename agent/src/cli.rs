@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: load or reuse the kernel programs, attach, serve the control socket.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Revoke a token (durable and in the kernel before this returns).
     Revoke(RevokeArgs),
     /// Lift a revocation.
@@ -315,6 +315,24 @@ pub struct RunArgs {
     /// Claim carrying a token's deployment version, used as the `version` metrics label.
     #[arg(long, value_name = "CLAIM")]
     pub version_claim: Option<String>,
+    /// Where to POST alerts (JSON); none: log, event stream and metric only.
+    #[arg(long, value_name = "URL")]
+    pub alert_webhook: Option<String>,
+    /// Alerts queued for the webhook before new ones are dropped [default: 256].
+    #[arg(long, value_name = "N")]
+    pub alert_queue: Option<usize>,
+    /// Alert when a revoked token is replayed from more than N addresses [default: 3].
+    #[arg(long, value_name = "N")]
+    pub alert_replay_sources: Option<usize>,
+    /// Alert when one token has more kernel hits than this per minute [default: 600].
+    #[arg(long, value_name = "N")]
+    pub alert_hits_per_minute: Option<u64>,
+    /// Alert on more bad-signature/unknown-key rejections per minute than this [default: 100].
+    #[arg(long, value_name = "N")]
+    pub alert_key_rejections_per_minute: Option<u64>,
+    /// …or on a larger share of the minute's checks than this [default: 0.5].
+    #[arg(long, value_name = "RATIO")]
+    pub alert_key_rejection_ratio: Option<f64>,
     /// File holding the admin bearer credential for `POST /v1/admin` (none: admin over the
     /// control socket only).
     #[arg(long, value_name = "FILE")]

@@ -44,6 +44,18 @@ pub struct ConfigFile {
     pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
     /// `--version-claim`.
     pub version_claim: Option<String>,
+    /// `--alert-webhook`.
+    pub alert_webhook: Option<String>,
+    /// `--alert-queue`.
+    pub alert_queue: Option<usize>,
+    /// `--alert-replay-sources`.
+    pub alert_replay_sources: Option<usize>,
+    /// `--alert-hits-per-minute`.
+    pub alert_hits_per_minute: Option<u64>,
+    /// `--alert-key-rejections-per-minute`.
+    pub alert_key_rejections_per_minute: Option<u64>,
+    /// `--alert-key-rejection-ratio`.
+    pub alert_key_rejection_ratio: Option<f64>,
     /// OAuth clients.
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
@@ -133,7 +145,13 @@ impl ConfigFile {
             api_key_header,
             admin_token_file,
             signing_alg,
-            version_claim
+            version_claim,
+            alert_webhook,
+            alert_queue,
+            alert_replay_sources,
+            alert_hits_per_minute,
+            alert_key_rejections_per_minute,
+            alert_key_rejection_ratio
         );
     }
 
@@ -217,7 +235,7 @@ mod tests {
                 .unwrap()
                 .command
             {
-                crate::cli::Command::Run(a) => a,
+                crate::cli::Command::Run(a) => *a,
                 _ => unreachable!(),
             };
         file.fill(&mut args);

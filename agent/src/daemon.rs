@@ -14,6 +14,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
+    alerts::{AlertEngine, AlertRules, Webhook},
     api::EventLine,
     audit::AuditLog,
     cli::{ActionArg, RunArgs},
@@ -23,7 +24,7 @@ use crate::{
     http,
     kernel::{self, Kernel},
     lifecycle::{EventKind, LifecycleEvent},
-    metrics::Metrics,
+    metrics::{Metrics, ResultLabel},
     service::{Parts, Service, Settings, action_name},
     store::RevocationStore,
     tokens::{
@@ -152,6 +153,30 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let refresh = RefreshStore::open(&args.state_dir)?;
     let audit = AuditLog::open(&args.state_dir, crate::audit::DEFAULT_MAX_BYTES)?;
     let metrics = Metrics::new(args.version_claim.clone());
+    let defaults = AlertRules::default();
+    let alerts = AlertEngine::new(AlertRules {
+        replay_sources: args.alert_replay_sources.unwrap_or(defaults.replay_sources),
+        hits_per_minute: args
+            .alert_hits_per_minute
+            .unwrap_or(defaults.hits_per_minute),
+        key_rejections_per_minute: args
+            .alert_key_rejections_per_minute
+            .unwrap_or(defaults.key_rejections_per_minute),
+        key_rejection_ratio: args
+            .alert_key_rejection_ratio
+            .unwrap_or(defaults.key_rejection_ratio),
+    });
+    let webhook = args.alert_webhook.clone().map(|url| {
+        let deliveries = metrics.alert_deliveries.clone();
+        Webhook::start(url, args.alert_queue.unwrap_or(256), move |ok| {
+            let result = if ok { "delivered" } else { "failed" };
+            deliveries
+                .get_or_create(&ResultLabel {
+                    result: result.into(),
+                })
+                .inc();
+        })
+    });
     let parts = Parts {
         store,
         kernel,
@@ -159,6 +184,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         refresh,
         audit,
         metrics,
+        alerts,
+        webhook,
     };
     let service = Arc::new(Service::new(key, settings, parts));
     let (inserted, removed) = service.sync_kernel()?;

@@ -1,6 +1,7 @@
 //! tokenwall agent library: everything the `tokenwall` binary runs, exposed for the
 //! integration tests and benchmarks.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod cli;

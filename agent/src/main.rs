@@ -33,7 +33,7 @@ fn main() {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => daemon::run(args).await,
+            Command::Run(args) => daemon::run(*args).await,
             Command::Revoke(args) => client::revoke(args).await,
             Command::Unrevoke(args) => client::unrevoke(args).await,
             Command::Status(args) => client::status(args).await,

@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub cached_tokens: u64,
     /// Signing keys by state (`active`, `grace`, `external`).
     pub keys: Vec<(&'static str, u64)>,
+    /// Alerts waiting for webhook delivery.
+    pub alert_queue: u64,
 }
 
 /// Rows of one gauge: (label name, label value, value); an empty name means no label.
@@ -91,7 +93,12 @@ impl Collector for SnapshotCollector {
             let mut m = encoder.encode_descriptor(&metric, &help, None, c.metric_type())?;
             c.encode(m.encode_family(&[("iface", iface.as_str())])?)?;
         }
-        let gauges: [(&str, &str, GaugeRows); 3] = [
+        let gauges: [(&str, &str, GaugeRows); 4] = [
+            (
+                "alert_webhook_queue",
+                "Alerts waiting for webhook delivery",
+                vec![("", "", s.alert_queue)],
+            ),
             (
                 "revoked_entries",
                 "Live revocations in the store and in each kernel map",
@@ -157,6 +164,24 @@ pub struct Metrics {
     pub validation_seconds: Histogram,
     /// From a revocation request to the kernel map update completing.
     pub revocation_to_kernel_seconds: Histogram,
+    /// Alerts fired, by rule.
+    pub alerts: Family<RuleLabel, Counter>,
+    /// Webhook deliveries by result (`delivered`, `failed`, `dropped` when the queue was full).
+    pub alert_deliveries: Family<ResultLabel, Counter>,
+}
+
+/// `rule` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    /// Alert rule.
+    pub rule: String,
+}
+
+/// `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// Outcome.
+    pub result: String,
 }
 
 /// The `outcome` label of a refusal.
@@ -193,6 +218,8 @@ impl Metrics {
             purged: Counter::default(),
             validation_seconds: Histogram::new(exponential_buckets(5e-6, 2.0, 16)),
             revocation_to_kernel_seconds: Histogram::new(exponential_buckets(5e-5, 2.0, 16)),
+            alerts: Family::default(),
+            alert_deliveries: Family::default(),
             registry: Registry::default(),
         };
         registry.register("tokens_issued", "Access tokens issued", m.issued.clone());
@@ -231,6 +258,12 @@ impl Metrics {
             "revocation_to_kernel_seconds",
             "From a revocation request to the kernel map update",
             m.revocation_to_kernel_seconds.clone(),
+        );
+        registry.register("alerts", "Anomaly alerts fired, by rule", m.alerts.clone());
+        registry.register(
+            "alert_webhook_deliveries",
+            "Alert webhook deliveries by result",
+            m.alert_deliveries.clone(),
         );
         registry.register_collector(Box::new(SnapshotCollector(snapshot)));
         Self { registry, ..m }

@@ -2,10 +2,11 @@
 //! token list, the audit trail's append, and the metrics snapshot read at scrape time.
 
 use crate::{
+    alerts::Alert,
     audit::Entry,
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent, Timeline},
-    metrics::Snapshot,
+    metrics::{ResultLabel, RuleLabel, Snapshot},
     service::Service,
     until::now,
 };
@@ -18,8 +19,50 @@ impl Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .apply(&ev);
+        let fired = if ev.kind == EventKind::Alert {
+            Vec::new()
+        } else {
+            self.alerts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(&ev, now())
+        };
         if ev.kind != EventKind::Validated {
             let _ = self.lifecycle.send(ev);
+        }
+        for alert in fired {
+            self.raise(alert);
+        }
+    }
+
+    /// Delivers an alert: log, event stream, metric, webhook (never waiting on it).
+    fn raise(&self, alert: Alert) {
+        log::warn!(
+            "ALERT {}: {} ({})",
+            alert.rule,
+            alert.detail,
+            alert.fingerprint.as_deref().unwrap_or("-")
+        );
+        self.metrics
+            .alerts
+            .get_or_create(&RuleLabel {
+                rule: alert.rule.clone(),
+            })
+            .inc();
+        self.emit(LifecycleEvent::now(
+            EventKind::Alert,
+            alert.fingerprint.clone(),
+            format!("{}: {}", alert.rule, alert.detail),
+        ));
+        if let Some(w) = &self.webhook
+            && !w.offer(alert)
+        {
+            self.metrics
+                .alert_deliveries
+                .get_or_create(&ResultLabel {
+                    result: "dropped".into(),
+                })
+                .inc();
         }
     }
 
@@ -126,6 +169,7 @@ impl Service {
                 kernel_header_entries: inner.kernel.revoked_header_hashes().len() as u64,
                 cached_tokens,
                 keys,
+                alert_queue: self.webhook.as_ref().map_or(0, |w| w.queued() as u64),
             }
         };
         Ok(self.metrics.encode(snapshot))

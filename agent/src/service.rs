@@ -15,6 +15,7 @@ use anyhow::{Context as _, bail};
 use tokio::sync::broadcast;
 
 use crate::{
+    alerts::{AlertEngine, Webhook},
     api::{AttachmentInfo, EventLine, Reply, Request, RevokeReply, StatusReply, TokenRef},
     audit::AuditLog,
     hashkey::{fingerprint, parse_fingerprint},
@@ -78,6 +79,10 @@ pub struct Service {
     pub lifecycle: broadcast::Sender<LifecycleEvent>,
     /// Per-token timelines (`tokenwall tokens show`).
     pub(crate) timelines: Mutex<Timelines>,
+    /// Anomaly rules.
+    pub(crate) alerts: Mutex<AlertEngine>,
+    /// Alert delivery, if a webhook is configured.
+    pub(crate) webhook: Option<Webhook>,
     /// Hit events fan-out to `events` clients.
     pub events: broadcast::Sender<EventLine>,
 }
@@ -105,6 +110,10 @@ pub struct Parts {
     pub audit: AuditLog,
     /// Metrics.
     pub metrics: Metrics,
+    /// Anomaly rules.
+    pub alerts: AlertEngine,
+    /// Alert webhook.
+    pub webhook: Option<Webhook>,
 }
 
 impl Service {
@@ -117,6 +126,8 @@ impl Service {
             refresh,
             audit,
             metrics,
+            alerts,
+            webhook,
         } = parts;
         let (events, _) = broadcast::channel(1024);
         let (lifecycle, _) = broadcast::channel(4096);
@@ -134,6 +145,8 @@ impl Service {
             metrics,
             lifecycle,
             timelines: Mutex::new(Timelines::default()),
+            alerts: Mutex::new(alerts),
+            webhook,
             events,
         }
     }

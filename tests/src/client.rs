@@ -142,6 +142,36 @@ impl Testbed {
         Ok(out.stdout)
     }
 
+    /// Sends one HTTP request carrying `token` from source address `src` (any client
+    /// address) and closes with a reset after 50 ms, under the 200 ms minimum retransmission
+    /// timeout: a dropped segment is never retransmitted, so each call is exactly one packet
+    /// for the kernel to judge.
+    pub fn one_shot(&self, src: &str, port: u16, token: &str) {
+        let script = format!(
+            "import socket,struct,sys,time\n\
+             s=socket.create_connection(('{SERVER_IP4}',{port}),timeout=2,source_address=('{src}',0))\n\
+             s.sendall(sys.stdin.buffer.read())\n\
+             time.sleep(0.05)\n\
+             s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\n\
+             s.close()\n"
+        );
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.client_ns()))
+            .args(["--", "python3", "-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let req = format!("GET /x HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n\r\n");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(req.as_bytes())
+            .expect("writing the request");
+        assert!(child.wait().expect("python3").success(), "one_shot failed");
+    }
+
     /// Sends one UDP datagram from the client to the server address.
     pub fn send_udp(&self, port: u16, payload: &[u8]) -> anyhow::Result<()> {
         let script = format!(

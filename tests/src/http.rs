@@ -114,3 +114,39 @@ pub fn daemon_behind_gateway(
     let gateway = tb.start_gateway(port, api).unwrap();
     (daemon, gateway)
 }
+
+/// The value of the sample `series` (name with its labels as written) in OpenMetrics text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A kernel counter in OpenMetrics text (its one series carries the `iface` label).
+pub fn kernel_counter(text: &str, name: &str) -> f64 {
+    let prefix = format!("tokenwall_kernel_{name}_total{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// An access token from `POST /oauth2/token` (client credentials, HTTP Basic `id:secret`).
+pub fn client_credentials(tb: &Testbed, api: &str, basic: &str) -> String {
+    let r = curl(
+        tb.server_ns(),
+        &[
+            "-u",
+            basic,
+            "-d",
+            "grant_type=client_credentials",
+            &format!("http://{api}/oauth2/token"),
+        ],
+    );
+    r.json()["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token: {r:?}"))
+        .to_string()
+}

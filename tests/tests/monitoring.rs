@@ -6,46 +6,13 @@ use std::{process::Stdio, time::Duration};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use tokenwall_tests::{Testbed, http::curl};
+use tokenwall_tests::{
+    Testbed,
+    http::{client_credentials, curl, sample},
+};
 
 const PORT: u16 = 8080;
 const API: &str = "127.0.0.1:7073";
-
-/// The value of one sample line `name{labels} value` (labels as written, or none).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Sends one request carrying `token` and closes with a reset after 50 ms (under the 200 ms
-/// minimum retransmission timeout), so a dropped
-/// segment is never retransmitted: each call is exactly one packet for the kernel to judge.
-fn one_shot(tb: &Testbed, token: &str) {
-    let script = "import socket,struct,sys,time\n\
-        s=socket.create_connection(('192.0.2.1',8080),timeout=2)\n\
-        s.sendall(sys.stdin.buffer.read())\n\
-        time.sleep(0.05)\n\
-        s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\n\
-        s.close()\n";
-    let mut child = tb
-        .command_in(tb.client_ns(), "python3".as_ref())
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let req =
-        format!("GET /dropped HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n\r\n");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-}
 
 #[test]
 fn a_known_sequence_leaves_exact_counters_in_metrics() {
@@ -68,19 +35,7 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
 
     // Issue 3.
     let tokens: Vec<String> = (0..3)
-        .map(|_| {
-            let r = curl(
-                tb.server_ns(),
-                &[
-                    "-u",
-                    &basic,
-                    "-d",
-                    "grant_type=client_credentials",
-                    &format!("http://{API}/oauth2/token"),
-                ],
-            );
-            r.json()["access_token"].as_str().unwrap().to_string()
-        })
+        .map(|_| client_credentials(&tb, API, &basic))
         .collect();
     let kid = {
         use base64::Engine as _;
@@ -142,7 +97,7 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
         "--json",
     ]);
     for _ in 0..4 {
-        one_shot(&tb, &tokens[0]);
+        tb.one_shot("192.0.2.2", PORT, &tokens[0]);
     }
     std::thread::sleep(Duration::from_millis(200));
     assert!(nginx.never_saw("/dropped"));
