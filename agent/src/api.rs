@@ -47,6 +47,8 @@ pub enum Request {
         #[serde(default)]
         kinds: Vec<crate::lifecycle::EventKind>,
     },
+    /// What `tokenwall top` shows: metrics text, top revoked tokens, recent alerts.
+    Top,
     /// One token's timeline.
     TokenShow {
         /// By token (fingerprinted by the daemon) or fingerprint.
@@ -185,6 +187,7 @@ impl Request {
                 | Request::Watch { .. }
                 | Request::TokenShow { .. }
                 | Request::TokensList { .. }
+                | Request::Top
                 | Request::Fingerprint { .. }
                 | Request::Introspect { .. }
                 | Request::ClientsList

@@ -50,6 +50,8 @@ pub enum Command {
     /// Manage API keys (shown once, stored hashed, revoked in the kernel on removal).
     #[command(subcommand)]
     Apikeys(ApiKeysCommand),
+    /// A live full-screen view: rates, kernel drops, top revoked tokens, alerts (q quits).
+    Top(ClientArgs),
     /// Follow the token lifecycle live (issued, rejected, renewed, revoked, kernel hits…).
     Watch(WatchArgs),
     /// One token's timeline, or the tokens the daemon knows.

@@ -21,4 +21,5 @@ pub mod service;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
+pub mod top;
 pub mod until;

@@ -180,6 +180,25 @@ impl Timelines {
         self.by_fp.get(fp)
     }
 
+    /// The `n` tokens with the most kernel hits: (fingerprint, hits, last source).
+    pub fn top_by_kernel_hits(&self, n: usize) -> Vec<(String, u64, Option<String>)> {
+        let mut v: Vec<_> = self
+            .by_fp
+            .values()
+            .filter(|t| t.kernel_hits > 0)
+            .map(|t| {
+                (
+                    t.fingerprint.clone(),
+                    t.kernel_hits,
+                    t.last_sources.last().cloned(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
     /// The fingerprint of a `jti` seen in an event.
     pub fn fingerprint_of(&self, jti: &str) -> Option<&str> {
         self.jti_to_fp.get(jti).map(String::as_str)

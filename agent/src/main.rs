@@ -46,6 +46,7 @@ fn main() {
             Command::Apikeys(cmd) => client::apikeys(cmd).await,
             Command::Audit(cmd) => client::audit(cmd),
             Command::Watch(args) => client::watch(args).await,
+            Command::Top(args) => tokenwall::top::run(args).await,
             Command::Tokens(cmd) => client::tokens(cmd).await,
         }
     });

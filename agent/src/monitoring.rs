@@ -54,6 +54,13 @@ impl Service {
             alert.fingerprint.clone(),
             format!("{}: {}", alert.rule, alert.detail),
         ));
+        {
+            let mut recent = self.recent_alerts.lock().unwrap_or_else(|p| p.into_inner());
+            recent.push_back(alert.clone());
+            if recent.len() > 20 {
+                recent.pop_front();
+            }
+        }
         if let Some(w) = &self.webhook
             && !w.offer(alert)
         {
@@ -141,6 +148,37 @@ impl Service {
                 time,
             )
             .map(|_| ())
+    }
+
+    /// What `tokenwall top` shows.
+    pub(crate) fn top(&self) -> anyhow::Result<serde_json::Value> {
+        let top = self
+            .timelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .top_by_kernel_hits(10);
+        let alerts: Vec<_> = self
+            .recent_alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let ifaces: Vec<String> = self
+            .lock()
+            .kernel
+            .attachments()
+            .into_iter()
+            .map(|a| format!("{} ({})", a.iface, a.hook.name()))
+            .collect();
+        Ok(serde_json::json!({
+            "metrics": self.metrics_text()?,
+            "ifaces": ifaces,
+            "top_revoked": top.into_iter().map(|(fp, hits, src)| serde_json::json!({
+                "fingerprint": fp, "kernel_hits": hits, "last_source": src,
+            })).collect::<Vec<_>>(),
+            "alerts": alerts,
+        }))
     }
 
     /// `GET /metrics`: OpenMetrics text with kernel counters and gauges read now.

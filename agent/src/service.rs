@@ -83,6 +83,8 @@ pub struct Service {
     pub(crate) alerts: Mutex<AlertEngine>,
     /// Alert delivery, if a webhook is configured.
     pub(crate) webhook: Option<Webhook>,
+    /// The last alerts, newest last.
+    pub(crate) recent_alerts: Mutex<std::collections::VecDeque<crate::alerts::Alert>>,
     /// Hit events fan-out to `events` clients.
     pub events: broadcast::Sender<EventLine>,
 }
@@ -147,6 +149,7 @@ impl Service {
             timelines: Mutex::new(Timelines::default()),
             alerts: Mutex::new(alerts),
             webhook,
+            recent_alerts: Mutex::new(Default::default()),
             events,
         }
     }
@@ -347,6 +350,7 @@ impl Service {
                     )
                     .and_then(|t| Ok(serde_json::to_value(t)?))
             }
+            Request::Top => self.top(),
             Request::TokensList {
                 expiring_within,
                 revoked,

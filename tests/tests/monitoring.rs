@@ -14,6 +14,63 @@ use tokenwall_tests::{
 const PORT: u16 = 8080;
 const API: &str = "127.0.0.1:7073";
 
+/// Kills a tmux session when dropped, also when the test fails.
+struct Tmux(String);
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .output();
+    }
+}
+
+/// Runs `tokenwall top` under tmux at 80x24, captures the screen after a few refreshes, then
+/// presses `q` and checks that it exits.
+fn top_screen(tb: &Testbed) -> String {
+    let session = Tmux(format!("tw-top-{}", std::process::id()));
+    let cmd = format!(
+        "{} top --control-socket {}",
+        tokenwall_tests::tokenwall_bin().unwrap().display(),
+        tb.socket().display()
+    );
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session.0,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let screen = String::from_utf8(tmux(&["capture-pane", "-p", "-t", &session.0]).stdout).unwrap();
+    assert!(screen.lines().count() <= 24 && screen.lines().all(|l| l.chars().count() <= 80));
+    tmux(&["send-keys", "-t", &session.0, "q"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while tmux(&["has-session", "-t", &session.0]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top did not exit on q"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    screen
+}
+
 #[test]
 fn a_known_sequence_leaves_exact_counters_in_metrics() {
     let tb = Testbed::new().unwrap();
@@ -233,6 +290,39 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
         soon.as_array().unwrap().len(),
         0,
         "tokens live 15 minutes: {soon}"
+    );
+
+    // `tokenwall top` in an 80x24 terminal (tmux) shows the same counters and the token.
+    let screen = top_screen(&tb);
+    for want in [
+        "tokenwall top",
+        "kernel dropped",
+        "checks bad_signature",
+        "recent alerts",
+    ] {
+        assert!(screen.contains(want), "{want} missing from\n{screen}");
+    }
+    let fp = tb.cli_json(&[
+        "fingerprint",
+        "--token-file",
+        &file.display().to_string(),
+        "--json",
+    ]);
+    assert!(
+        screen.contains(fp["fingerprint"].as_str().unwrap()),
+        "{screen}"
+    );
+    let dropped_row: Vec<&str> = screen
+        .lines()
+        .find(|l| l.contains("kernel dropped"))
+        .unwrap()
+        .split(|c: char| c.is_whitespace() || c == '│')
+        .filter(|w| !w.is_empty())
+        .collect();
+    assert_eq!(
+        dropped_row[..4],
+        ["kernel", "dropped", "0.0", "4"],
+        "{screen}"
     );
 
     // Labels never carry tokens or fingerprints.

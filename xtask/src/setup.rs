@@ -8,7 +8,8 @@ use anyhow::{Context as _, bail};
 use crate::run;
 
 /// Debian packages: LLVM 22 for bpf-linker, bpftool, and the test parts (nginx as the gateway,
-/// curl as the client, iproute2/util-linux/ethtool for namespaces, python3 for raw sockets).
+/// curl as the client, iproute2/util-linux/ethtool for namespaces, python3 for raw sockets and
+/// test servers, tmux to run `tokenwall top` in a terminal).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "bpftool",
@@ -18,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "ethtool",
     "python3",
+    "tmux",
 ];
 const BPF_LINKER: &str = "0.13";
 
