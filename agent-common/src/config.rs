@@ -185,6 +185,10 @@ pub struct Config {
     pub action: u32,
     /// Non-zero when header-segment revocations exist, so the kernel hashes JWS header segments.
     pub header_revocations: u32,
+    /// Non-zero: count per interface and report hits (monitoring on).
+    pub monitoring: u32,
+    /// Zero.
+    pub _reserved: u32,
     /// `[0]` is `Authorization` with the bearer scheme; `[1]` the optional API-key header.
     pub needles: [HeaderNeedle; 2],
 }

@@ -30,8 +30,16 @@ pub enum Counter {
     RevokedKeyHits = 11,
 }
 
-/// Number of counter slots.
+/// Counter slots per interface.
 pub const COUNTER_SLOTS: u32 = 16;
+/// Interface slots: 0 collects interfaces without a slot of their own, 1.. are assigned to
+/// attached interfaces by the agent. `COUNTERS` holds `IFACE_SLOTS * COUNTER_SLOTS` values,
+/// indexed `slot * COUNTER_SLOTS + counter`.
+pub const IFACE_SLOTS: u32 = 16;
+/// Entries of the `IFACE_SLOT` map, indexed by `ifindex & (IFACE_SLOT_ENTRIES - 1)`: an array
+/// lookup (inlined by the verifier) instead of a hash lookup on every packet. Two attached
+/// interfaces whose indexes collide share slot 0.
+pub const IFACE_SLOT_ENTRIES: u32 = 1024;
 
 impl Counter {
     /// Every counter, in slot order.

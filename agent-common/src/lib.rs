@@ -42,6 +42,8 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU `u64` counters indexed by [`crate::counters::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `u32` interface slot indexed by `ifindex & (IFACE_SLOT_ENTRIES - 1)`.
+    pub const IFACE_SLOT: &str = "IFACE_SLOT";
     /// Ring buffer of [`crate::event::HitEvent`].
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU scratch space for the payload copy (never pinned).

@@ -4,14 +4,14 @@ use agent_common::{
     SCAN_BUF_LEN,
     config::NEEDLE_BEARER,
     config::{Action, Config},
-    counters::Counter,
+    counters::{COUNTER_SLOTS, Counter, IFACE_SLOT_ENTRIES, IFACE_SLOTS},
     event::{HIT_PASSED_TO_STACK, HitEvent, MATCH_HEADER_SEGMENT, MATCH_TOKEN},
 };
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use aya_log_ebpf::debug;
 
 use crate::{
-    CONFIG, COUNTERS, EVENTS, REVOKED, REVOKED_HEADERS, SCRATCH,
+    CONFIG, COUNTERS, EVENTS, IFACE_SLOT, REVOKED, REVOKED_HEADERS, SCRATCH,
     packet::{Flow, Packet, connection_exists, parse, rewrite_to_reset},
     scan::{Found, Scan, hash_header_segment, scan},
 };
@@ -26,10 +26,34 @@ pub enum Verdict {
     Rewritten,
 }
 
-#[inline(always)]
-fn count(c: Counter) {
-    if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
-        unsafe { *v += 1 };
+/// Where this packet's counters go, and whether monitoring is on.
+#[derive(Clone, Copy)]
+struct Meter {
+    base: u32,
+    on: bool,
+}
+
+impl Meter {
+    #[inline(always)]
+    fn new<P: Packet>(pkt: &P, cfg: &Config) -> Self {
+        let slot = IFACE_SLOT
+            .get(pkt.ifindex() & (IFACE_SLOT_ENTRIES - 1))
+            .copied()
+            .unwrap_or(0);
+        let slot = if slot < IFACE_SLOTS { slot } else { 0 };
+        Self {
+            base: slot * COUNTER_SLOTS,
+            on: cfg.monitoring != 0,
+        }
+    }
+
+    #[inline(always)]
+    fn count(self, c: Counter) {
+        if self.on
+            && let Some(v) = COUNTERS.get_ptr_mut(self.base + c as u32)
+        {
+            unsafe { *v += 1 };
+        }
     }
 }
 
@@ -65,11 +89,12 @@ fn report<P: Packet>(pkt: &P, flow: &Flow, cfg: &Config, found: &Found, action: 
 /// Runs the whole fast path for one packet.
 #[inline(always)]
 pub fn run<P: Packet>(pkt: &P) -> Verdict {
-    count(Counter::Packets);
-    pkt.prepare();
     let Some(cfg) = CONFIG.get(0) else {
         return Verdict::Pass;
     };
+    let m = Meter::new(pkt, cfg);
+    m.count(Counter::Packets);
+    pkt.prepare();
     let Some(flow) = parse(pkt) else {
         return Verdict::Pass;
     };
@@ -100,20 +125,20 @@ pub fn run<P: Packet>(pkt: &P) -> Verdict {
     let found = match scan(s, len, &cfg.key) {
         Scan::NotRequest => return Verdict::Pass,
         Scan::NoToken => {
-            count(Counter::HttpRequests);
+            m.count(Counter::HttpRequests);
             return Verdict::Pass;
         }
         Scan::Skipped => {
-            count(Counter::HttpRequests);
-            count(Counter::Skipped);
+            m.count(Counter::HttpRequests);
+            m.count(Counter::Skipped);
             return Verdict::Pass;
         }
         Scan::Token(found) => {
-            count(Counter::HttpRequests);
+            m.count(Counter::HttpRequests);
             found
         }
     };
-    count(if found.kind == NEEDLE_BEARER {
+    m.count(if found.kind == NEEDLE_BEARER {
         Counter::BearerTokens
     } else {
         Counter::ApiKeys
@@ -122,7 +147,7 @@ pub fn run<P: Packet>(pkt: &P) -> Verdict {
     let mut hit = None;
     match unsafe { REVOKED.get(&found.hash) } {
         Some(e) if e.is_live(now) => hit = Some((found.hash, MATCH_TOKEN)),
-        Some(_) => count(Counter::ExpiredIgnored),
+        Some(_) => m.count(Counter::ExpiredIgnored),
         None => {}
     }
     // A whole revoked signing key: the token's JWS header segment is revoked.
@@ -133,42 +158,46 @@ pub fn run<P: Packet>(pkt: &P) -> Verdict {
     {
         match unsafe { REVOKED_HEADERS.get(&h) } {
             Some(e) if e.is_live(now) => {
-                count(Counter::RevokedKeyHits);
+                m.count(Counter::RevokedKeyHits);
                 hit = Some((h, MATCH_HEADER_SEGMENT));
             }
-            Some(_) => count(Counter::ExpiredIgnored),
+            Some(_) => m.count(Counter::ExpiredIgnored),
             None => {}
         }
     }
     let Some((hash, matched)) = hit else {
         return Verdict::Pass;
     };
-    count(Counter::RevokedHits);
+    m.count(Counter::RevokedHits);
     debug!(pkt.ctx(), "revoked token {:x}", hash);
-    let report = |action: u32| report(pkt, &flow, cfg, &Found { hash, ..found }, action, matched);
+    let report = |action: u32| {
+        if m.on {
+            report(pkt, &flow, cfg, &Found { hash, ..found }, action, matched)
+        }
+    };
     match Action::from_u32(cfg.action) {
         Action::Observe => {
-            count(Counter::Observed);
+            m.count(Counter::Observed);
             report(Action::Observe as u32);
             Verdict::Pass
         }
         Action::Drop => {
-            count(Counter::Dropped);
+            m.count(Counter::Dropped);
             report(Action::Drop as u32);
             Verdict::Drop
         }
         Action::Reset => {
             if !connection_exists(pkt, &flow) {
-                count(Counter::ResetNoSocket);
+                m.count(Counter::ResetNoSocket);
                 report(HIT_PASSED_TO_STACK);
                 return Verdict::Pass;
             }
             report(Action::Reset as u32);
             if rewrite_to_reset(pkt, &flow) {
-                count(Counter::Reset);
+                m.count(Counter::Reset);
                 Verdict::Rewritten
             } else {
-                count(Counter::Dropped);
+                m.count(Counter::Dropped);
                 Verdict::Drop
             }
         }

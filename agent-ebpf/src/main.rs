@@ -9,8 +9,10 @@ mod packet;
 mod scan;
 
 use agent_common::{
-    EVENTS_RING_BYTES, REVOKED_HEADERS_MAX_ENTRIES, REVOKED_MAX_ENTRIES, config::Config,
-    counters::COUNTER_SLOTS, revoked::RevokedEntry,
+    EVENTS_RING_BYTES, REVOKED_HEADERS_MAX_ENTRIES, REVOKED_MAX_ENTRIES,
+    config::Config,
+    counters::{COUNTER_SLOTS, IFACE_SLOT_ENTRIES, IFACE_SLOTS},
+    revoked::RevokedEntry,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
@@ -39,9 +41,13 @@ static REVOKED_HEADERS: HashMap<u64, RevokedEntry> =
 #[map]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-/// Per-CPU counters indexed by `agent_common::counters::Counter`.
+/// Per-CPU counters, `slot * COUNTER_SLOTS + agent_common::counters::Counter`.
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS * IFACE_SLOTS, 0);
+
+/// Interface slot by `ifindex & (IFACE_SLOT_ENTRIES - 1)` (0: no slot of its own).
+#[map]
+static IFACE_SLOT: Array<u32> = Array::pinned(IFACE_SLOT_ENTRIES, 0);
 
 /// Hit events for the agent.
 #[map]

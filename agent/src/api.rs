@@ -47,6 +47,11 @@ pub enum Request {
         #[serde(default)]
         kinds: Vec<crate::lifecycle::EventKind>,
     },
+    /// Turn monitoring on or off at run time (kernel counters and hit events too).
+    Monitoring {
+        /// On.
+        on: bool,
+    },
     /// What `tokenwall top` shows: metrics text, top revoked tokens, recent alerts.
     Top,
     /// One token's timeline.

@@ -52,6 +52,15 @@ pub enum Command {
     Apikeys(ApiKeysCommand),
     /// A live full-screen view: rates, kernel drops, top revoked tokens, alerts (q quits).
     Top(ClientArgs),
+    /// Turn monitoring on or off at run time.
+    Monitoring {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: OnOff,
+        /// Client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Follow the token lifecycle live (issued, rejected, renewed, revoked, kernel hits…).
     Watch(WatchArgs),
     /// One token's timeline, or the tokens the daemon knows.
@@ -237,6 +246,16 @@ pub enum ClientsCommand {
     },
 }
 
+/// A switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// What the kernel does with a revoked token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ActionArg {
@@ -314,6 +333,10 @@ pub struct RunArgs {
     /// [default: ES256].
     #[arg(long, value_enum, value_name = "ALG")]
     pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
+    /// Monitoring (kernel counters and hit events, metrics, events, timelines, alerts); the
+    /// audit trail is always on [default: on].
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub monitoring: Option<OnOff>,
     /// Claim carrying a token's deployment version, used as the `version` metrics label.
     #[arg(long, value_name = "CLAIM")]
     pub version_claim: Option<String>,

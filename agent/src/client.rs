@@ -228,4 +228,4 @@ pub async fn introspect(args: crate::cli::FingerprintArgs) -> anyhow::Result<()>
 }
 
 mod admin;
-pub use admin::{apikeys, audit, clients, keys, tokens, watch};
+pub use admin::{apikeys, audit, clients, keys, monitoring, tokens, watch};

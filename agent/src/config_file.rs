@@ -44,6 +44,8 @@ pub struct ConfigFile {
     pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
     /// `--version-claim`.
     pub version_claim: Option<String>,
+    /// `--monitoring`.
+    pub monitoring: Option<crate::cli::OnOff>,
     /// `--alert-webhook`.
     pub alert_webhook: Option<String>,
     /// `--alert-queue`.
@@ -146,6 +148,7 @@ impl ConfigFile {
             admin_token_file,
             signing_alg,
             version_claim,
+            monitoring,
             alert_webhook,
             alert_queue,
             alert_replay_sources,

@@ -17,7 +17,7 @@ use crate::{
     alerts::{AlertEngine, AlertRules, Webhook},
     api::EventLine,
     audit::AuditLog,
-    cli::{ActionArg, RunArgs},
+    cli::{ActionArg, OnOff, RunArgs},
     config_file::ConfigFile,
     control,
     hashkey::{self, fingerprint},
@@ -65,6 +65,7 @@ pub fn build_config(key: HashKey, args: &RunArgs) -> anyhow::Result<Config> {
         key,
         clock_offset_ns: clock_offset_ns(),
         action: to_action(args.action) as u32,
+        monitoring: u32::from(args.monitoring != Some(OnOff::Off)),
         ..Config::default()
     };
     for (slot, port) in cfg.ports.iter_mut().zip(&args.ports) {
@@ -127,6 +128,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         api_key_header: args.api_key_header.clone(),
         refresh_ttl: args.refresh_ttl.unwrap_or(30 * 24 * 3600),
         refresh_grace: args.refresh_grace.unwrap_or(0),
+        monitoring: args.monitoring != Some(OnOff::Off),
         admin_token_sha256: match &args.admin_token_file {
             Some(p) => Some(admin_token_digest(p)?),
             None => None,

@@ -11,12 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{
-    config::Config,
-    counters::{COUNTER_SLOTS, Counter},
-    map_names, program_names,
-    revoked::RevokedEntry,
-};
+use agent_common::{config::Config, map_names, program_names, revoked::RevokedEntry};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -87,6 +82,7 @@ pub struct Kernel {
     revoked_headers: HashMap<MapData, u64, RevokedEntry>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
+    iface_slots: Array<MapData, u32>,
     /// Links this process holds (dropping one closes our fd; the pin keeps it attached).
     links: Vec<(Attachment, FdLink)>,
 }
@@ -144,6 +140,7 @@ impl Kernel {
         let revoked_headers = HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED_HEADERS)?)?;
         let config = Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
+        let iface_slots = Array::try_from(take_map(&mut ebpf, map_names::IFACE_SLOT)?)?;
         Ok(Self {
             ebpf,
             bpffs: bpffs.to_path_buf(),
@@ -151,6 +148,7 @@ impl Kernel {
             revoked_headers,
             config,
             counters,
+            iface_slots,
             links: Vec::new(),
         })
     }
@@ -218,17 +216,6 @@ impl Kernel {
         self.revoked.get(&hash, 0).is_ok()
     }
 
-    /// Counter values summed over CPUs, in `Counter::ALL` order.
-    pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
-        let mut out = Vec::with_capacity(Counter::ALL.len());
-        for c in Counter::ALL {
-            debug_assert!((c as u32) < COUNTER_SLOTS);
-            let v = self.counters.get(&(c as u32), 0)?;
-            out.push((c, v.iter().sum()));
-        }
-        Ok(out)
-    }
-
     /// Attaches to `iface` with `hook`, replacing the program inside an existing pinned link
     /// atomically, then removes pins of other hooks on the same interface.
     pub fn attach(&mut self, iface: &str, hook: Hook) -> anyhow::Result<()> {
@@ -293,7 +280,7 @@ impl Kernel {
         for other in Hook::ALL.into_iter().filter(|h| *h != hook) {
             self.detach_one(iface, other)?;
         }
-        Ok(())
+        self.assign_slot(iface)
     }
 
     /// Removes every attachment of `iface`; returns how many were removed.
@@ -302,6 +289,7 @@ impl Kernel {
         for hook in Hook::ALL {
             n += usize::from(self.detach_one(iface, hook)?);
         }
+        self.free_slot(iface)?;
         Ok(n)
     }
 
@@ -462,3 +450,5 @@ pub fn check_privileges() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+mod slots;

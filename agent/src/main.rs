@@ -47,6 +47,7 @@ fn main() {
             Command::Audit(cmd) => client::audit(cmd),
             Command::Watch(args) => client::watch(args).await,
             Command::Top(args) => tokenwall::top::run(args).await,
+            Command::Monitoring { state, client } => client::monitoring(state, client).await,
             Command::Tokens(cmd) => client::tokens(cmd).await,
         }
     });

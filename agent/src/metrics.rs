@@ -57,10 +57,8 @@ pub struct RevocationLabels {
 /// What is read at scrape time.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Kernel counters summed over CPUs, by name.
-    pub kernel: Vec<(&'static str, u64)>,
-    /// Attached interfaces (the kernel counters are totals over them).
-    pub ifaces: Vec<String>,
+    /// Kernel counters summed over CPUs, per interface: (interface, counter, value).
+    pub kernel: Vec<(String, &'static str, u64)>,
     /// Live revocations in the store.
     pub store_entries: u64,
     /// Entries in the kernel's token map.
@@ -84,14 +82,17 @@ struct SnapshotCollector(Arc<Mutex<Snapshot>>);
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let iface = s.ifaces.join(",");
-        for (name, value) in &s.kernel {
-            let c = ConstCounter::new(*value);
-            let help =
-                format!("Kernel fast path: {name} (summed over CPUs and the attached interfaces)");
+        let mut names: Vec<&str> = s.kernel.iter().map(|(_, n, _)| *n).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let help = format!("Kernel fast path: {name} (summed over CPUs)");
             let metric = format!("kernel_{name}");
-            let mut m = encoder.encode_descriptor(&metric, &help, None, c.metric_type())?;
-            c.encode(m.encode_family(&[("iface", iface.as_str())])?)?;
+            let kind = ConstCounter::new(0u64).metric_type();
+            let mut m = encoder.encode_descriptor(&metric, &help, None, kind)?;
+            for (iface, _, value) in s.kernel.iter().filter(|(_, n, _)| *n == name) {
+                ConstCounter::new(*value).encode(m.encode_family(&[("iface", iface.as_str())])?)?;
+            }
         }
         let gauges: [(&str, &str, GaugeRows); 4] = [
             (
@@ -323,8 +324,10 @@ mod tests {
         }
         m.count_revocation("sub", "operator");
         let text = m.encode(Snapshot {
-            kernel: vec![("revoked_hits", 7)],
-            ifaces: vec!["eth0".into()],
+            kernel: vec![
+                ("eth0".into(), "revoked_hits", 7),
+                ("eth1".into(), "revoked_hits", 2),
+            ],
             store_entries: 3,
             keys: vec![("active", 1)],
             ..Snapshot::default()
@@ -335,6 +338,10 @@ mod tests {
         );
         assert!(
             text.contains("tokenwall_kernel_revoked_hits_total{iface=\"eth0\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokenwall_kernel_revoked_hits_total{iface=\"eth1\"} 2"),
             "{text}"
         );
         assert!(

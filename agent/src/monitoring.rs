@@ -15,6 +15,9 @@ impl Service {
     /// Publishes a lifecycle event: into the token's timeline, and (except passing checks)
     /// to `watch` clients.
     pub fn emit(&self, ev: LifecycleEvent) {
+        if !self.monitoring_on() {
+            return;
+        }
         self.timelines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -150,6 +153,21 @@ impl Service {
             .map(|_| ())
     }
 
+    /// Whether monitoring is on.
+    pub fn monitoring_on(&self) -> bool {
+        self.monitoring.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns monitoring on or off, in userspace and in the kernel.
+    pub(crate) fn set_monitoring(&self, on: bool) -> anyhow::Result<serde_json::Value> {
+        self.lock()
+            .kernel
+            .update_config(|c| c.monitoring = u32::from(on))?;
+        self.monitoring
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(serde_json::json!({ "monitoring": on }))
+    }
+
     /// What `tokenwall top` shows.
     pub(crate) fn top(&self) -> anyhow::Result<serde_json::Value> {
         let top = self
@@ -192,15 +210,13 @@ impl Service {
             Snapshot {
                 kernel: inner
                     .kernel
-                    .counters()?
+                    .counters_by_iface()?
                     .into_iter()
-                    .map(|(c, v)| (c.name(), v))
-                    .collect(),
-                ifaces: inner
-                    .kernel
-                    .attachments()
-                    .into_iter()
-                    .map(|a| a.iface)
+                    .flat_map(|(iface, counters)| {
+                        counters
+                            .into_iter()
+                            .map(move |(c, v)| (iface.clone(), c.name(), v))
+                    })
                     .collect(),
                 store_entries: inner.store.len() as u64,
                 kernel_token_entries: inner.kernel.revoked_hashes().len() as u64,

@@ -53,6 +53,8 @@ pub struct Settings {
     pub refresh_grace: u64,
     /// SHA-256 (base64url) of the admin bearer credential, if one is configured.
     pub admin_token_sha256: Option<String>,
+    /// Monitoring at start.
+    pub monitoring: bool,
 }
 
 pub(crate) struct Inner {
@@ -75,6 +77,8 @@ pub struct Service {
     pub(crate) audit: Mutex<AuditLog>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Whether monitoring is on (metrics of checks, events, timelines, alerts, kernel counters).
+    pub(crate) monitoring: std::sync::atomic::AtomicBool,
     /// The lifecycle event stream (`tokenwall watch`).
     pub lifecycle: broadcast::Sender<LifecycleEvent>,
     /// Per-token timelines (`tokenwall tokens show`).
@@ -133,6 +137,7 @@ impl Service {
         } = parts;
         let (events, _) = broadcast::channel(1024);
         let (lifecycle, _) = broadcast::channel(4096);
+        let monitoring = settings.monitoring;
         Self {
             key,
             settings,
@@ -145,6 +150,7 @@ impl Service {
             )),
             audit: Mutex::new(audit),
             metrics,
+            monitoring: std::sync::atomic::AtomicBool::new(monitoring),
             lifecycle,
             timelines: Mutex::new(Timelines::default()),
             alerts: Mutex::new(alerts),
@@ -351,6 +357,7 @@ impl Service {
                     .and_then(|t| Ok(serde_json::to_value(t)?))
             }
             Request::Top => self.top(),
+            Request::Monitoring { on } => self.set_monitoring(on),
             Request::TokensList {
                 expiring_within,
                 revoked,

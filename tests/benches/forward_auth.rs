@@ -221,6 +221,31 @@ fn main() -> anyhow::Result<()> {
             ring_rps[i].push(ring_rate(f, &batch[0]));
         }
     }
+    // Monitoring overhead on forward-auth: the same requests with monitoring on and off
+    // (switched at run time), rounds interleaved, fresh ES256 tokens each round.
+    let extra = sign(&families[0], "ES256", PER_ROUND * ROUNDS * 2, "overhead");
+    let mut on_off = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for (k, state) in ["on", "off"].into_iter().enumerate() {
+            let out = tb.cli(&["monitoring", state], None);
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let start = Instant::now();
+            for _ in 0..PER_ROUND {
+                assert_eq!(conn.auth(&cached), 200);
+            }
+            on_off[k].push(per_second(PER_ROUND, start.elapsed()));
+            let at = (round * 2 + k) * PER_ROUND;
+            let start = Instant::now();
+            for t in &extra[at..at + PER_ROUND] {
+                assert_eq!(conn.auth(t), 200);
+            }
+            on_off[2 + k].push(per_second(PER_ROUND, start.elapsed()));
+        }
+    }
     let ring: Vec<f64> = ring_rps.into_iter().map(median).collect();
     println!(
         "| forward-auth (`GET /v1/auth`, one keep-alive connection) | requests/s | raw ring verifications/s | ratio |"
@@ -240,6 +265,13 @@ fn main() -> anyhow::Result<()> {
             ring[i],
             rps / ring[i]
         );
+    }
+    println!();
+    println!("| forward-auth, monitoring | on requests/s | off requests/s | on / off |");
+    println!("|---|---:|---:|---:|");
+    for (name, a, z) in [("cached token", 0, 1), ("never-seen ES256 token", 2, 3)] {
+        let (a, z) = (median(on_off[a].clone()), median(on_off[z].clone()));
+        println!("| {name} | {a:.0} | {z:.0} | {:.3} |", a / z);
     }
     Ok(())
 }

@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     let mut cfg = Config {
         key: HashKey::from_bytes(*b"bench-key-16-byt"),
         action: Action::Drop as u32,
+        monitoring: 1,
         ..Config::default()
     };
     cfg.ports[0] = PORT;
@@ -119,6 +120,27 @@ fn main() -> anyhow::Result<()> {
     for (i, (name, _)) in cases.iter().enumerate() {
         let (x, t) = (median(xdp[i].clone()), median(tc[i].clone()));
         println!("| {name} | {x:.0} | {:.1} | {t:.0} | {:.1} |", x / b, t / b);
+    }
+
+    // Monitoring overhead in the kernel: per-interface counters and hit events on versus off,
+    // XDP, rounds interleaved.
+    let mut on: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    let mut off: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, frame)) in cases.iter().enumerate() {
+            for (monitoring, out) in [(1, &mut on), (0, &mut off)] {
+                cfg.monitoring = monitoring;
+                k.set_config(&cfg)?;
+                out[i].push(k.test_run(program_names::XDP, frame, REPEAT)?.per_run);
+            }
+        }
+    }
+    println!();
+    println!("| packet (XDP) | monitoring on ns | off ns | on / off |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let (a, z) = (median(on[i].clone()), median(off[i].clone()).max(1.0));
+        println!("| {name} | {a:.0} | {z:.0} | {:.3} |", a / z);
     }
     Ok(())
 }

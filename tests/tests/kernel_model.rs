@@ -38,6 +38,7 @@ fn load(tag: &str, action: Action) -> (Kernel, Config, Pins) {
     let mut cfg = Config {
         key: HashKey::from_bytes(*b"0123456789abcdef"),
         action: action as u32,
+        monitoring: 1,
         ..Config::default()
     };
     cfg.ports[3] = PORT;

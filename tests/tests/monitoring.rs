@@ -325,6 +325,41 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
         "{screen}"
     );
 
+    // Monitoring off: a check and a kernel drop leave every counter as it was; on again, they
+    // count.
+    tb.cli_json(&["monitoring", "off", "--json"]);
+    let before = metrics().body;
+    std::fs::write(&hdr, format!("Authorization: Bearer {}\n", tokens[1])).unwrap();
+    let auth = || {
+        curl(
+            tb.server_ns(),
+            &[
+                "-H",
+                &format!("@{}", hdr.display()),
+                &format!("http://{API}/v1/auth"),
+            ],
+        )
+    };
+    assert_eq!(auth().status, 200);
+    tb.one_shot("192.0.2.2", PORT, &tokens[0]);
+    let off = metrics().body;
+    let ok =
+        format!("tokenwall_tokens_validated_total{{outcome=\"ok\",kid=\"{kid}\",version=\"\"}}");
+    let dropped = format!("tokenwall_kernel_dropped_total{iface}");
+    for series in [&ok, &dropped] {
+        assert_eq!(
+            sample(&off, series),
+            sample(&before, series),
+            "{series} moved while off"
+        );
+    }
+    tb.cli_json(&["monitoring", "on", "--json"]);
+    assert_eq!(auth().status, 200);
+    tb.one_shot("192.0.2.2", PORT, &tokens[0]);
+    let on = metrics().body;
+    assert_eq!(sample(&on, &ok), Some(4.0));
+    assert_eq!(sample(&on, &dropped), Some(5.0));
+
     // Labels never carry tokens or fingerprints.
     for t in &tokens {
         assert!(!text.contains(&t[t.len() - 20..]));

@@ -339,3 +339,12 @@ pub async fn tokens(cmd: crate::cli::TokensCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `tokenwall monitoring on|off`.
+pub async fn monitoring(state: crate::cli::OnOff, client: ClientArgs) -> anyhow::Result<()> {
+    let on = state == crate::cli::OnOff::On;
+    call_and_print(&client, &Request::Monitoring { on }, |_| {
+        format!("monitoring {}", if on { "on" } else { "off" })
+    })
+    .await
+}
