@@ -54,6 +54,18 @@ pub struct Alert {
     pub time: String,
 }
 
+impl Alert {
+    /// An alert at the current time.
+    pub fn now(rule: &str, fingerprint: Option<String>, detail: String) -> Self {
+        Self {
+            rule: rule.into(),
+            fingerprint,
+            detail,
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Minute {
     start: u64,
@@ -137,38 +149,41 @@ impl AlertEngine {
                 }
             }
             EventKind::Validated | EventKind::Rejected => {
-                let m = &mut self.minute;
-                if now >= m.start + 60 {
-                    *m = Minute {
-                        start: now,
-                        ..Minute::default()
-                    };
-                }
-                m.checks += 1;
-                if ev.kind == EventKind::Rejected
-                    && matches!(ev.detail.as_str(), "bad_signature" | "unknown_key")
-                {
-                    m.key_rejections += 1;
-                }
-                let ratio = m.key_rejections as f64 / m.checks as f64;
-                let over_rate = m.key_rejections > self.rules.key_rejections_per_minute;
-                let over_ratio = m.checks >= 20 && ratio > self.rules.key_rejection_ratio;
-                if (over_rate || over_ratio) && !m.fired {
-                    m.fired = true;
-                    fire(
-                        "key_rollout",
-                        None,
-                        format!(
-                            "{} of {} checks this minute failed on signature or unknown key",
-                            m.key_rejections, m.checks
-                        ),
-                    );
+                let key_rejection = ev.kind == EventKind::Rejected
+                    && matches!(ev.detail.as_str(), "bad_signature" | "unknown_key");
+                if let Some(detail) = self.count_check(key_rejection, now) {
+                    fire("key_rollout", None, detail);
                 }
             }
             EventKind::ReuseDetected => fire("refresh_reuse", None, ev.detail.clone()),
             _ => {}
         }
         out
+    }
+
+    /// Counts one check in the current minute (`key_rejection`: it failed on a bad signature
+    /// or an unknown key); returns the `key_rollout` alert's detail when the rule fires.
+    pub fn count_check(&mut self, key_rejection: bool, now: u64) -> Option<String> {
+        let m = &mut self.minute;
+        if now >= m.start + 60 {
+            *m = Minute {
+                start: now,
+                ..Minute::default()
+            };
+        }
+        m.checks += 1;
+        m.key_rejections += u64::from(key_rejection);
+        let ratio = m.key_rejections as f64 / m.checks as f64;
+        let over_rate = m.key_rejections > self.rules.key_rejections_per_minute;
+        let over_ratio = m.checks >= 20 && ratio > self.rules.key_rejection_ratio;
+        if !(over_rate || over_ratio) || m.fired {
+            return None;
+        }
+        m.fired = true;
+        Some(format!(
+            "{} of {} checks this minute failed on signature or unknown key",
+            m.key_rejections, m.checks
+        ))
     }
 }
 

@@ -175,6 +175,27 @@ impl Timelines {
         }
     }
 
+    /// Counts a passing check of a token that already has a timeline, without building an
+    /// event (the common case, kept cheap); false when the token has none yet.
+    pub fn count_pass(&mut self, fp: &str, jti: Option<&str>) -> bool {
+        let Some(t) = self.by_fp.get_mut(fp) else {
+            return false;
+        };
+        if let Some(j) = jti
+            && t.jti.is_none()
+        {
+            t.jti = Some(j.to_string());
+            self.jti_to_fp.insert(j.to_string(), fp.to_string());
+        }
+        match t.validations.get_mut("ok") {
+            Some(n) => *n += 1,
+            None => {
+                t.validations.insert("ok".into(), 1);
+            }
+        }
+        true
+    }
+
     /// The timeline of a fingerprint.
     pub fn get(&self, fp: &str) -> Option<&Timeline> {
         self.by_fp.get(fp)
@@ -236,6 +257,21 @@ mod tests {
         assert_eq!(tl.last_sources.len(), MAX_SOURCES);
         assert_eq!(tl.last_sources.last().unwrap(), "192.0.2.9:1");
         assert!(tl.events.iter().all(|e| e.kind != EventKind::Validated));
+    }
+
+    #[test]
+    fn a_counted_pass_equals_an_applied_validation() {
+        let (mut a, mut b) = (Timelines::default(), Timelines::default());
+        assert!(!a.count_pass("cc", None), "no timeline yet");
+        for t in [&mut a, &mut b] {
+            t.apply(&ev(EventKind::Issued, "cc", "client m"));
+        }
+        for _ in 0..3 {
+            a.apply(&ev(EventKind::Validated, "cc", "ok").with_jti("j9"));
+            assert!(b.count_pass("cc", Some("j9")));
+        }
+        assert_eq!(a.get("cc"), b.get("cc"));
+        assert_eq!(b.fingerprint_of("j9"), Some("cc"));
     }
 
     #[test]

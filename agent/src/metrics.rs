@@ -38,7 +38,7 @@ pub struct KidLabel {
 pub struct ValidationLabels {
     /// `ok`, `expired`, `not_yet_valid`, `bad_signature`, `unknown_key`, `wrong_issuer`,
     /// `wrong_audience`, `revoked`, `malformed`.
-    pub outcome: String,
+    pub outcome: &'static str,
     /// Configured key id, or `other`.
     pub kid: String,
     /// Deployment version claim, `other`, or empty.
@@ -316,7 +316,7 @@ mod tests {
         for i in 0..(MAX_VERSIONS + 3) {
             let v = m.version_of(Some(&format!("v{i}")));
             let labels = ValidationLabels {
-                outcome: "ok".into(),
+                outcome: "ok",
                 kid: "k1".into(),
                 version: v,
             };

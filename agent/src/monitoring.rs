@@ -1,13 +1,17 @@
 //! Monitoring on top of [`Service`]: the lifecycle event stream and per-token timelines, the
 //! token list, the audit trail's append, and the metrics snapshot read at scrape time.
 
+use std::sync::Arc;
+
 use crate::{
     alerts::Alert,
     audit::Entry,
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent, Timeline},
-    metrics::{ResultLabel, RuleLabel, Snapshot},
+    metrics::{ResultLabel, RuleLabel, Snapshot, ValidationLabels, outcome},
+    rules::Refusal,
     service::Service,
+    tokens::validate::Verified,
     until::now,
 };
 
@@ -35,6 +39,56 @@ impl Service {
         }
         for alert in fired {
             self.raise(alert);
+        }
+    }
+
+    /// Counts one token check in the metrics, the token's timeline and the alert rules. A
+    /// passing check of a token that has a timeline builds no event: it is the hot path.
+    pub(crate) fn count_check(&self, hash: u64, result: &Result<Arc<Verified>, Refusal>) {
+        let m = &self.metrics;
+        let fp = fingerprint(hash);
+        let v = match result {
+            Ok(v) => v,
+            Err(r) => {
+                let outcome = outcome(r);
+                m.validated
+                    .get_or_create(&ValidationLabels {
+                        outcome,
+                        kid: "other".into(),
+                        version: String::new(),
+                    })
+                    .inc();
+                return self.emit(LifecycleEvent::now(EventKind::Rejected, Some(fp), outcome));
+            }
+        };
+        let version = m.version_of(m.version_claim.as_deref().and_then(|c| v.claim_str(c)));
+        m.validated
+            .get_or_create(&ValidationLabels {
+                outcome: "ok",
+                kid: v.kid.clone(),
+                version,
+            })
+            .inc();
+        let jti = v.claim_str("jti");
+        let counted = self
+            .timelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count_pass(&fp, jti);
+        if !counted {
+            let ev = LifecycleEvent::now(EventKind::Validated, Some(fp), "ok");
+            return self.emit(match jti {
+                Some(j) => ev.with_jti(j),
+                None => ev,
+            });
+        }
+        let rollout = self
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count_check(false, now());
+        if let Some(detail) = rollout {
+            self.raise(Alert::now("key_rollout", None, detail));
         }
     }
 

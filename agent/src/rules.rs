@@ -15,7 +15,6 @@ use crate::{
     api::TokenRef,
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent},
-    metrics::{ValidationLabels, outcome},
     service::Service,
     store::{Revocation, Scope},
     tokens::validate::{Rejection, Verified},
@@ -104,44 +103,20 @@ impl Service {
     /// Checks a bearer token: revoked (by hash, header segment or rule), then the cache, then
     /// full validation. A token a rule covers is learned into the kernel map.
     pub fn check_token(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
+        let hash = token_hash(&self.key, token.as_bytes());
         if !self.monitoring_on() {
-            return self.check_token_uncounted(token);
+            return self.check_token_uncounted(token, hash);
         }
         let started = std::time::Instant::now();
-        let result = self.check_token_uncounted(token);
-        let m = &self.metrics;
-        m.validation_seconds
+        let result = self.check_token_uncounted(token, hash);
+        self.metrics
+            .validation_seconds
             .observe(started.elapsed().as_secs_f64());
-        let labels = match &result {
-            Ok(v) => ValidationLabels {
-                outcome: "ok".into(),
-                kid: v.kid.clone(),
-                version: m.version_of(m.version_claim.as_deref().and_then(|c| v.claim_str(c))),
-            },
-            Err(r) => ValidationLabels {
-                outcome: outcome(r).into(),
-                kid: "other".into(),
-                version: String::new(),
-            },
-        };
-        m.validated.get_or_create(&labels).inc();
-        let fp = Some(fingerprint(token_hash(&self.key, token.as_bytes())));
-        let ev = match &result {
-            Ok(v) => {
-                let ev = LifecycleEvent::now(EventKind::Validated, fp, "ok");
-                match v.claim_str("jti") {
-                    Some(j) => ev.with_jti(j),
-                    None => ev,
-                }
-            }
-            Err(_) => LifecycleEvent::now(EventKind::Rejected, fp, labels.outcome.clone()),
-        };
-        self.emit(ev);
+        self.count_check(hash, &result);
         result
     }
 
-    fn check_token_uncounted(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
-        let hash = token_hash(&self.key, token.as_bytes());
+    fn check_token_uncounted(&self, token: &str, hash: u64) -> Result<Arc<Verified>, Refusal> {
         let header = token.split('.').next().unwrap_or_default();
         let header_hash = token_hash(&self.key, header.as_bytes());
         {

@@ -1,8 +1,9 @@
 //! Forward-auth throughput of the real daemon (`GET /v1/auth` over keep-alive HTTP/1.1 from
 //! the client namespace, one connection, sequential), for a cached token and for never-seen
 //! ES256, RS256 and EdDSA tokens, each as a ratio to raw ring verifications per second of the
-//! same algorithm measured in the same run (rounds interleaved, median). Run with
-//! `cargo xtask bench`; needs root.
+//! same algorithm measured in the same run (rounds interleaved, median); then the cost of
+//! monitoring, on against off with an off-against-off control. Run with `cargo xtask bench`;
+//! needs root.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -20,6 +21,10 @@ const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../agent/src/tokens
 const API: &str = "192.0.2.1:7070";
 const PER_ROUND: usize = 400;
 const ROUNDS: usize = 5;
+/// Requests per measurement and rounds for the monitoring on/off comparison: a difference of a
+/// few percent needs longer runs than the ratios above.
+const OVERHEAD_PER_ROUND: usize = 500;
+const OVERHEAD_ROUNDS: usize = 24;
 const ISS: &str = "https://bench.test";
 
 struct Family {
@@ -168,7 +173,7 @@ fn main() -> anyhow::Result<()> {
         },
     ];
     let tb = Testbed::new()?;
-    let _daemon = tb.start_daemon(&["--http", API])?;
+    let daemon = tb.start_daemon(&["--http", API])?;
     for f in &families {
         let out = tb.cli(
             &[
@@ -221,31 +226,7 @@ fn main() -> anyhow::Result<()> {
             ring_rps[i].push(ring_rate(f, &batch[0]));
         }
     }
-    // Monitoring overhead on forward-auth: the same requests with monitoring on and off
-    // (switched at run time), rounds interleaved, fresh ES256 tokens each round.
-    let extra = sign(&families[0], "ES256", PER_ROUND * ROUNDS * 2, "overhead");
-    let mut on_off = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-    for round in 0..ROUNDS {
-        for (k, state) in ["on", "off"].into_iter().enumerate() {
-            let out = tb.cli(&["monitoring", state], None);
-            anyhow::ensure!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let start = Instant::now();
-            for _ in 0..PER_ROUND {
-                assert_eq!(conn.auth(&cached), 200);
-            }
-            on_off[k].push(per_second(PER_ROUND, start.elapsed()));
-            let at = (round * 2 + k) * PER_ROUND;
-            let start = Instant::now();
-            for t in &extra[at..at + PER_ROUND] {
-                assert_eq!(conn.auth(t), 200);
-            }
-            on_off[2 + k].push(per_second(PER_ROUND, start.elapsed()));
-        }
-    }
+    let overhead = monitoring_overhead(&tb, &daemon, &mut conn, &cached, &families[0])?;
     let ring: Vec<f64> = ring_rps.into_iter().map(median).collect();
     println!(
         "| forward-auth (`GET /v1/auth`, one keep-alive connection) | requests/s | raw ring verifications/s | ratio |"
@@ -267,11 +248,70 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("| forward-auth, monitoring | on requests/s | off requests/s | on / off |");
-    println!("|---|---:|---:|---:|");
-    for (name, a, z) in [("cached token", 0, 1), ("never-seen ES256 token", 2, 3)] {
-        let (a, z) = (median(on_off[a].clone()), median(on_off[z].clone()));
-        println!("| {name} | {a:.0} | {z:.0} | {:.3} |", a / z);
+    println!("| forward-auth, monitoring | on | off | on / off | off / off again (noise) |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, legs) in overhead {
+        let ratio =
+            |x: usize, y: usize| median(legs[x].iter().zip(&legs[y]).map(|(a, b)| a / b).collect());
+        let digits = if name.ends_with("requests/s") { 0 } else { 1 };
+        println!(
+            "| {name} | {:.digits$} | {:.digits$} | {:.3} | {:.3} |",
+            median(legs[0].clone()),
+            median(legs[1].clone()),
+            ratio(0, 1),
+            ratio(2, 1)
+        );
     }
     Ok(())
+}
+
+/// Samples of one measure per leg: monitoring on, off, off again.
+type Legs = [Vec<f64>; 3];
+
+/// Monitoring on against off, switched at run time, for the cached token and for never-seen
+/// ES256 tokens. Each round runs three legs next to each other (on, off, and off again as a
+/// control that shows the noise floor) in an order that rotates, so drifts of this shared VM
+/// cancel out of the per-round ratios. Returns, per measure, the legs' samples: requests per
+/// second, and the daemon's CPU time per request (all its threads, from schedstat).
+fn monitoring_overhead(
+    tb: &Testbed,
+    daemon: &tokenwall_tests::Daemon,
+    conn: &mut Conn,
+    cached: &str,
+    es256: &Family,
+) -> anyhow::Result<Vec<(&'static str, Legs)>> {
+    const LEGS: [&str; 3] = ["on", "off", "off"];
+    let n = OVERHEAD_PER_ROUND;
+    let fresh = sign(es256, "ES256", n * OVERHEAD_ROUNDS * 3, "overhead");
+    let mut fresh = fresh.iter();
+    // [cached rps, never-seen rps, cached cpu, never-seen cpu][leg]
+    let mut m: [Legs; 4] = Default::default();
+    for round in 0..OVERHEAD_ROUNDS {
+        for i in 0..3 {
+            let leg = (round + i) % 3;
+            let out = tb.cli(&["monitoring", LEGS[leg]], None);
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let never_seen: Vec<&str> = fresh.by_ref().take(n).map(String::as_str).collect();
+            for (case, batch) in [vec![cached; n], never_seen].into_iter().enumerate() {
+                let (start, cpu0) = (Instant::now(), daemon.cpu_ns()?);
+                for t in batch {
+                    assert_eq!(conn.auth(t), 200);
+                }
+                let (took, cpu1) = (start.elapsed(), daemon.cpu_ns()?);
+                m[case][leg].push(per_second(n, took));
+                m[2 + case][leg].push(cpu1.saturating_sub(cpu0) as f64 / n as f64 / 1000.0);
+            }
+        }
+    }
+    let [a, b, c, d] = m;
+    Ok(vec![
+        ("cached token: requests/s", a),
+        ("never-seen ES256 token: requests/s", b),
+        ("cached token: daemon CPU µs per request", c),
+        ("never-seen ES256 token: daemon CPU µs per request", d),
+    ])
 }

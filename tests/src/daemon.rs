@@ -172,6 +172,22 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// CPU time the daemon's threads have used so far, in nanoseconds (the first field of
+    /// each `/proc/PID/task/*/schedstat`), for measuring work per request.
+    pub fn cpu_ns(&self) -> anyhow::Result<u64> {
+        let pid = self.child.as_ref().context("the daemon is stopped")?.id();
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     /// SIGKILL and wait: the crash case.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
