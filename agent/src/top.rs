@@ -41,10 +41,33 @@ fn total(s: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
         + 0.0 // an empty sum is -0.0
 }
 
+/// The interface names in the `iface` labels of `name`'s series, sorted.
+fn iface_labels(s: &HashMap<String, f64>, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .keys()
+        .filter(|k| k.starts_with(&format!("{name}{{")))
+        .filter_map(|k| {
+            let rest = &k[k.find("iface=\"")? + 7..];
+            Some(rest[..rest.find('"')?].to_string())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Kernel drops and resets of one interface: rate and total of each.
+struct IfaceRow {
+    iface: String,
+    dropped: (f64, f64),
+    reset: (f64, f64),
+}
+
 /// What one refresh shows.
 struct View {
     ifaces: String,
     rates: Vec<(String, f64, f64)>,
+    per_iface: Vec<IfaceRow>,
     top: Vec<Value>,
     alerts: Vec<Value>,
 }
@@ -57,6 +80,9 @@ const KERNEL: [(&str, &str); 6] = [
     ("reset", "tokenwall_kernel_reset_total"),
     ("skipped", "tokenwall_kernel_skipped_total"),
 ];
+
+/// Interfaces shown in the per-interface panel (the rest are in the totals).
+const MAX_IFACE_ROWS: usize = 4;
 
 const OUTCOMES: [&str; 9] = [
     "ok",
@@ -101,8 +127,25 @@ fn view(now: &Value, before: Option<&(Instant, HashMap<String, f64>)>) -> View {
         let (v, r) = rate(name, "");
         rates.push((label.to_string(), r, v));
     }
+    let dropped = "tokenwall_kernel_dropped_total";
+    let per_iface = iface_labels(&s, dropped)
+        .into_iter()
+        .map(|iface| {
+            let label = format!("iface=\"{iface}\"");
+            let ((dv, dr), (rv, rr)) = (
+                rate(dropped, &label),
+                rate("tokenwall_kernel_reset_total", &label),
+            );
+            IfaceRow {
+                iface,
+                dropped: (dr, dv),
+                reset: (rr, rv),
+            }
+        })
+        .collect();
     let list = |k: &str| now[k].as_array().cloned().unwrap_or_default();
     View {
+        per_iface,
         ifaces: list("ifaces")
             .iter()
             .filter_map(|v| v.as_str().map(str::to_string))
@@ -153,6 +196,38 @@ fn draw(f: &mut Frame, v: &View) {
         )
         .block(Block::bordered().title(" rates ")),
         left,
+    );
+    let [per_iface, right] = Layout::vertical([
+        Constraint::Length(3 + v.per_iface.len().clamp(1, MAX_IFACE_ROWS) as u16),
+        Constraint::Min(4),
+    ])
+    .areas(right);
+    let rows = v.per_iface.iter().take(MAX_IFACE_ROWS).map(|r| {
+        Row::new([
+            r.iface.clone(),
+            format!("{:.1}", r.dropped.0),
+            format!("{:.0}", r.dropped.1),
+            format!("{:.1}", r.reset.0),
+            format!("{:.0}", r.reset.1),
+        ])
+    });
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Min(6),
+                Constraint::Length(6),
+                Constraint::Length(6),
+                Constraint::Length(6),
+                Constraint::Length(6),
+            ],
+        )
+        .header(
+            Row::new(["iface", "drop/s", "drops", "rst/s", "resets"])
+                .style(Style::default().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::bordered().title(" kernel per interface ")),
+        per_iface,
     );
     let rows = v.top.iter().map(|t| {
         Row::new([
@@ -242,7 +317,10 @@ mod tests {
 
     #[test]
     fn it_fits_80x24_and_shows_counters_tokens_and_alerts() {
-        let metrics = "tokenwall_kernel_dropped_total{iface=\"eth0\"} 42\n\
+        let metrics = "tokenwall_kernel_dropped_total{iface=\"eth0\"} 40\n\
+                       tokenwall_kernel_dropped_total{iface=\"eth1\"} 2\n\
+                       tokenwall_kernel_reset_total{iface=\"eth0\"} 0\n\
+                       tokenwall_kernel_reset_total{iface=\"eth1\"} 3\n\
                        tokenwall_tokens_validated_total{outcome=\"ok\",kid=\"k\",version=\"\"} 7\n# EOF\n";
         let data = serde_json::json!({
             "metrics": metrics, "ifaces": ["eth0 (xdp)"],
@@ -265,10 +343,26 @@ mod tests {
             "kernel dropped",
             "42",
             "checks ok",
+            "kernel per interface",
             "0123456789abcdef",
             "token_theft",
         ] {
             assert!(screen.contains(want), "{want} missing from\n{screen}");
         }
+        // Per interface: eth0 dropped 40 and reset none, eth1 dropped 2 and reset 3.
+        let row = |iface: &str| -> Vec<String> {
+            let line = screen
+                .lines()
+                .find(|l| l.contains(&format!("│{iface} ")))
+                .unwrap();
+            let panel = line.rsplit_once("││").map_or(line, |(_, r)| r);
+            panel
+                .split(|c: char| c.is_whitespace() || c == '│')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(row("eth0"), ["eth0", "0.0", "40", "0.0", "0"], "{screen}");
+        assert_eq!(row("eth1"), ["eth1", "0.0", "2", "0.0", "3"], "{screen}");
     }
 }

@@ -294,6 +294,7 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
 
     // `tokenwall top` in an 80x24 terminal (tmux) shows the same counters and the token.
     let screen = top_screen(&tb);
+    println!("tokenwall top, as tmux shows it:\n{screen}");
     for want in [
         "tokenwall top",
         "kernel dropped",
@@ -324,6 +325,19 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
         ["kernel", "dropped", "0.0", "4"],
         "{screen}"
     );
+    // The per-interface panel: the server interface dropped the 4 requests.
+    let iface_row: Vec<&str> = screen
+        .lines()
+        .find_map(|l| {
+            l.rsplit_once("││")
+                .filter(|(_, r)| r.starts_with(tb.server_if()))
+        })
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no row for {} in\n{screen}", tb.server_if()))
+        .split(|c: char| c.is_whitespace() || c == '│')
+        .filter(|w| !w.is_empty())
+        .collect();
+    assert_eq!(iface_row[2], "4", "{screen}");
 
     // Monitoring off: a check and a kernel drop leave every counter as it was; on again, they
     // count.
