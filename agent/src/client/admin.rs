@@ -117,7 +117,7 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
                     None => format!(
                         "{}  {}  issuer {}  {}",
                         k["kid"].as_str().unwrap_or(""),
-                        k["alg"].as_str().unwrap_or(""),
+                        k["alg"].as_str().unwrap_or("-"),
                         k["issuer"],
                         k["state"].as_str().or(k["source"].as_str()).unwrap_or("")
                     ),

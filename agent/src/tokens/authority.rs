@@ -58,7 +58,21 @@ struct Persisted {
     /// API keys by name.
     #[serde(default)]
     api_keys: BTreeMap<String, api_keys::ApiKey>,
+    /// Own keys that no longer verify, oldest first (at most [`MAX_RETIRED`]).
+    #[serde(default)]
+    retired: Vec<RetiredKey>,
 }
+
+/// An own signing key that no longer verifies: its grace ran out, or it was removed.
+#[derive(Clone, Serialize, Deserialize)]
+struct RetiredKey {
+    kid: String,
+    /// Unix seconds when it stopped verifying.
+    at: u64,
+}
+
+/// Retired keys remembered (for `keys list` and the `retired` gauge).
+const MAX_RETIRED: usize = 64;
 
 /// An access token this authority issued.
 #[derive(Clone, Debug, Serialize)]
@@ -226,6 +240,9 @@ impl Authority {
             .collect();
         if !gone.is_empty() {
             self.state.keys.retain(|k| !gone.contains(&k.kid));
+            for kid in &gone {
+                self.remember_retired(kid, now);
+            }
             self.save()?;
             self.rebuild_keyset()?;
         }
@@ -242,9 +259,21 @@ impl Authority {
             self.rotate_key(now.max(self.active()?.created_at + 1))?;
         }
         self.state.keys.retain(|k| k.kid != kid);
+        self.remember_retired(kid, now);
         self.save()?;
         self.rebuild_keyset()?;
         self.active_kid()
+    }
+
+    fn remember_retired(&mut self, kid: &str, now: u64) {
+        let r = &mut self.state.retired;
+        r.push(RetiredKey {
+            kid: kid.to_string(),
+            at: now,
+        });
+        if r.len() > MAX_RETIRED {
+            r.remove(0);
+        }
     }
 
     /// Forgets indexed tokens that have expired.

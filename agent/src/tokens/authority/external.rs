@@ -73,6 +73,7 @@ impl Authority {
         vec![
             ("active", own - grace),
             ("grace", grace),
+            ("retired", self.state.retired.len() as u64),
             ("external", self.keys.len() as u64 - own),
         ]
     }
@@ -92,6 +93,9 @@ impl Authority {
                 })
             })
             .collect();
+        out.extend(self.state.retired.iter().map(|r| {
+            json!({ "kid": r.kid, "issuer": self.settings.issuer, "source": "own", "state": "retired", "retired_at": r.at })
+        }));
         for e in &self.state.external {
             match &e.source {
                 KeySource::JwksUrl { url } => {

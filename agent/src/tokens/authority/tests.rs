@@ -46,8 +46,19 @@ fn rotation_keeps_the_previous_key_through_its_grace_then_drops_it() {
     assert!(issue(&mut a, now).starts_with(&a.header_segment(&second).unwrap()));
     let grace = 600 + crate::until::JWT_EXP_MARGIN;
     assert!(a.prune_keys(now + grace - 1).unwrap().is_empty());
+    assert_eq!(state_count(&a, "grace"), 1);
     assert_eq!(a.prune_keys(now + grace).unwrap(), [first]);
     assert_eq!(kids(&a), [second]);
+    assert_eq!(
+        (state_count(&a, "grace"), state_count(&a, "retired")),
+        (0, 1)
+    );
+    let reopened = Authority::open(dir.path(), settings(SigningAlg::Es256)).unwrap();
+    assert_eq!(
+        state_count(&reopened, "retired"),
+        1,
+        "retired keys are kept"
+    );
     assert_eq!(
         a.validate(&old_token, (1, 2), now).unwrap_err(),
         Rejection::UnknownKey
@@ -90,4 +101,21 @@ fn retiring_the_active_key_makes_a_new_one() {
     assert_ne!(next, first);
     assert!(!a.owns_key(&first));
     assert_eq!(kids(&a), [next]);
+    assert_eq!(state_count(&a, "retired"), 1);
+    let listed = a.keys_list().unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == first.as_str() && k["state"] == "retired"),
+        "{listed}"
+    );
+}
+
+fn state_count(a: &Authority, state: &str) -> u64 {
+    a.key_counts()
+        .into_iter()
+        .find(|(s, _)| *s == state)
+        .map_or(0, |(_, n)| n)
 }
