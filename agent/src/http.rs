@@ -74,9 +74,17 @@ async fn forward_auth(State(svc): Svc, headers: HeaderMap) -> Response {
         .and_then(|name| headers.get(name))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let decision =
-        tokio::task::spawn_blocking(move || svc.forward_auth(authz.as_deref(), api_key.as_deref()))
-            .await;
+    // Revoked and cached tokens are answered here; anything that may wait (a signature
+    // check, a JWKS fetch, a learned revocation's fsync) goes to a blocking thread.
+    let decision = match svc.forward_auth_now(authz.as_deref(), api_key.as_deref()) {
+        Some(d) => Ok(d),
+        None => {
+            tokio::task::spawn_blocking(move || {
+                svc.forward_auth(authz.as_deref(), api_key.as_deref())
+            })
+            .await
+        }
+    };
     match decision {
         Ok(AuthDecision::Allow {
             subject,

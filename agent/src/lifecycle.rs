@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::hashkey::parse_fingerprint;
+
 /// Tokens with a timeline.
 pub const MAX_TOKENS: usize = 100_000;
 /// Events kept per token.
@@ -107,29 +109,32 @@ pub struct Timeline {
     pub events: Vec<LifecycleEvent>,
 }
 
-/// Timelines by fingerprint.
+/// Timelines by token hash (the fingerprint's value: a passing check needs no formatting).
 #[derive(Default)]
 pub struct Timelines {
-    by_fp: HashMap<String, Timeline>,
-    order: VecDeque<String>,
-    jti_to_fp: HashMap<String, String>,
+    by_hash: HashMap<u64, Timeline>,
+    order: VecDeque<u64>,
+    jti_to_hash: HashMap<String, u64>,
 }
 
 impl Timelines {
     /// Folds an event (and, for a validation, its outcome) into the token's timeline.
     pub fn apply(&mut self, ev: &LifecycleEvent) {
         let Some(fp) = &ev.fingerprint else { return };
-        if !self.by_fp.contains_key(fp) {
-            if self.by_fp.len() >= MAX_TOKENS
+        let Ok(hash) = parse_fingerprint(fp) else {
+            return;
+        };
+        if !self.by_hash.contains_key(&hash) {
+            if self.by_hash.len() >= MAX_TOKENS
                 && let Some(old) = self.order.pop_front()
-                && let Some(t) = self.by_fp.remove(&old)
+                && let Some(t) = self.by_hash.remove(&old)
                 && let Some(j) = t.jti
             {
-                self.jti_to_fp.remove(&j);
+                self.jti_to_hash.remove(&j);
             }
-            self.order.push_back(fp.clone());
-            self.by_fp.insert(
-                fp.clone(),
+            self.order.push_back(hash);
+            self.by_hash.insert(
+                hash,
                 Timeline {
                     fingerprint: fp.clone(),
                     first_seen: ev.time.clone(),
@@ -137,12 +142,12 @@ impl Timelines {
                 },
             );
         }
-        let t = self.by_fp.get_mut(fp).expect("inserted above");
+        let t = self.by_hash.get_mut(&hash).expect("inserted above");
         if let Some(j) = &ev.jti
             && t.jti.is_none()
         {
             t.jti = Some(j.clone());
-            self.jti_to_fp.insert(j.clone(), fp.clone());
+            self.jti_to_hash.insert(j.clone(), hash);
         }
         match ev.kind {
             EventKind::Issued => t.issued = Some(ev.time.clone()),
@@ -177,15 +182,15 @@ impl Timelines {
 
     /// Counts a passing check of a token that already has a timeline, without building an
     /// event (the common case, kept cheap); false when the token has none yet.
-    pub fn count_pass(&mut self, fp: &str, jti: Option<&str>) -> bool {
-        let Some(t) = self.by_fp.get_mut(fp) else {
+    pub fn count_pass(&mut self, hash: u64, jti: Option<&str>) -> bool {
+        let Some(t) = self.by_hash.get_mut(&hash) else {
             return false;
         };
         if let Some(j) = jti
             && t.jti.is_none()
         {
             t.jti = Some(j.to_string());
-            self.jti_to_fp.insert(j.to_string(), fp.to_string());
+            self.jti_to_hash.insert(j.to_string(), hash);
         }
         match t.validations.get_mut("ok") {
             Some(n) => *n += 1,
@@ -198,13 +203,13 @@ impl Timelines {
 
     /// The timeline of a fingerprint.
     pub fn get(&self, fp: &str) -> Option<&Timeline> {
-        self.by_fp.get(fp)
+        self.by_hash.get(&parse_fingerprint(fp).ok()?)
     }
 
     /// The `n` tokens with the most kernel hits: (fingerprint, hits, last source).
     pub fn top_by_kernel_hits(&self, n: usize) -> Vec<(String, u64, Option<String>)> {
         let mut v: Vec<_> = self
-            .by_fp
+            .by_hash
             .values()
             .filter(|t| t.kernel_hits > 0)
             .map(|t| {
@@ -222,7 +227,8 @@ impl Timelines {
 
     /// The fingerprint of a `jti` seen in an event.
     pub fn fingerprint_of(&self, jti: &str) -> Option<&str> {
-        self.jti_to_fp.get(jti).map(String::as_str)
+        let hash = self.jti_to_hash.get(jti)?;
+        Some(&self.by_hash.get(hash)?.fingerprint)
     }
 }
 
@@ -262,13 +268,13 @@ mod tests {
     #[test]
     fn a_counted_pass_equals_an_applied_validation() {
         let (mut a, mut b) = (Timelines::default(), Timelines::default());
-        assert!(!a.count_pass("cc", None), "no timeline yet");
+        assert!(!a.count_pass(0xcc, None), "no timeline yet");
         for t in [&mut a, &mut b] {
             t.apply(&ev(EventKind::Issued, "cc", "client m"));
         }
         for _ in 0..3 {
             a.apply(&ev(EventKind::Validated, "cc", "ok").with_jti("j9"));
-            assert!(b.count_pass("cc", Some("j9")));
+            assert!(b.count_pass(0xcc, Some("j9")));
         }
         assert_eq!(a.get("cc"), b.get("cc"));
         assert_eq!(b.fingerprint_of("j9"), Some("cc"));

@@ -46,7 +46,6 @@ impl Service {
     /// passing check of a token that has a timeline builds no event: it is the hot path.
     pub(crate) fn count_check(&self, hash: u64, result: &Result<Arc<Verified>, Refusal>) {
         let m = &self.metrics;
-        let fp = fingerprint(hash);
         let v = match result {
             Ok(v) => v,
             Err(r) => {
@@ -58,7 +57,8 @@ impl Service {
                         version: String::new(),
                     })
                     .inc();
-                return self.emit(LifecycleEvent::now(EventKind::Rejected, Some(fp), outcome));
+                let fp = Some(fingerprint(hash));
+                return self.emit(LifecycleEvent::now(EventKind::Rejected, fp, outcome));
             }
         };
         let version = m.version_of(m.version_claim.as_deref().and_then(|c| v.claim_str(c)));
@@ -74,9 +74,9 @@ impl Service {
             .timelines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .count_pass(&fp, jti);
+            .count_pass(hash, jti);
         if !counted {
-            let ev = LifecycleEvent::now(EventKind::Validated, Some(fp), "ok");
+            let ev = LifecycleEvent::now(EventKind::Validated, Some(fingerprint(hash)), "ok");
             return self.emit(match jti {
                 Some(j) => ev.with_jti(j),
                 None => ev,

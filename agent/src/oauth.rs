@@ -69,6 +69,29 @@ impl Service {
     /// Decides a forward-auth request from its `Authorization` header value, or failing a
     /// bearer token, from the API-key header's value.
     pub fn forward_auth(&self, authorization: Option<&str>, api_key: Option<&str>) -> AuthDecision {
+        self.decide(authorization, api_key, false)
+            .unwrap_or(AuthDecision::NoCredentials)
+    }
+
+    /// [`forward_auth`](Self::forward_auth) for an async worker: answers only what needs no
+    /// wait (see [`check_token_now`](Self::check_token_now)); `None` means: call
+    /// `forward_auth` on a blocking thread.
+    pub fn forward_auth_now(
+        &self,
+        authorization: Option<&str>,
+        api_key: Option<&str>,
+    ) -> Option<AuthDecision> {
+        self.decide(authorization, api_key, true)
+    }
+
+    /// The decision; with `now_only`, `None` where it would wait (an API key, or a token
+    /// that is neither revoked nor cached). Without it, always `Some`.
+    fn decide(
+        &self,
+        authorization: Option<&str>,
+        api_key: Option<&str>,
+        now_only: bool,
+    ) -> Option<AuthDecision> {
         let bearer = authorization.filter(|v| {
             v.split_whitespace()
                 .next()
@@ -76,8 +99,9 @@ impl Service {
         });
         let Some(value) = bearer else {
             return match api_key {
-                Some(k) => self.api_key_auth(k.trim()),
-                None => AuthDecision::NoCredentials,
+                Some(_) if now_only => None,
+                Some(k) => Some(self.api_key_auth(k.trim())),
+                None => Some(AuthDecision::NoCredentials),
             };
         };
         let mut parts = value.trim().splitn(2, ' ');
@@ -86,12 +110,19 @@ impl Service {
             parts.next().unwrap_or("").trim(),
         );
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return AuthDecision::NoCredentials;
+            return Some(AuthDecision::NoCredentials);
         }
         if rest.is_empty() || rest.contains(char::is_whitespace) {
-            return AuthDecision::InvalidRequest("malformed bearer credentials".into());
+            return Some(AuthDecision::InvalidRequest(
+                "malformed bearer credentials".into(),
+            ));
         }
-        match self.check_token(rest) {
+        let checked = if now_only {
+            self.check_token_now(rest)?
+        } else {
+            self.check_token(rest)
+        };
+        Some(match checked {
             Ok(v) => AuthDecision::Allow {
                 subject: v.claim_str("sub").unwrap_or_default().into(),
                 client: v.claim_str("client_id").unwrap_or_default().into(),
@@ -99,7 +130,7 @@ impl Service {
                 token_id: v.claim_str("jti").unwrap_or_default().into(),
             },
             Err(r) => AuthDecision::InvalidToken(r.to_string()),
-        }
+        })
     }
 
     fn api_key_auth(&self, presented: &str) -> AuthDecision {

@@ -4,7 +4,7 @@
 //! later, by refusing any token it covers on first sight and pushing that token's hash too
 //! ("learned drop"), so the token's next request stops in the kernel.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use agent_common::hash::{HashKey, token_hash};
 use anyhow::{Context as _, bail};
@@ -15,7 +15,7 @@ use crate::{
     api::TokenRef,
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent},
-    service::Service,
+    service::{Inner, Service},
     store::{Revocation, Scope},
     tokens::validate::{Rejection, Verified},
     until::{JWT_EXP_MARGIN, now},
@@ -94,6 +94,23 @@ fn unverified_claim(token: &str, name: &str) -> Option<String> {
     v.get(name)?.as_str().map(str::to_string)
 }
 
+/// A JWT's first segment (the whole token when it has no dot).
+fn header_segment(token: &str) -> &str {
+    token.split('.').next().unwrap_or_default()
+}
+
+/// Whether the store revokes the token itself or its header segment (a signing key).
+fn revoked_in_store(inner: &Inner, hash: u64, header_hash: u64) -> Option<Refusal> {
+    if inner.store.get(hash).is_some() {
+        return Some(Refusal::Revoked("token"));
+    }
+    inner
+        .store
+        .get(header_hash)
+        .is_some_and(|r| r.scope == Scope::SigningKey)
+        .then_some(Refusal::Revoked("signing key"))
+}
+
 /// The string claims a rule matches on.
 fn claim<'a>(v: &'a Verified, name: &str) -> &'a str {
     v.claim_str(name).unwrap_or_default()
@@ -103,34 +120,50 @@ impl Service {
     /// Checks a bearer token: revoked (by hash, header segment or rule), then the cache, then
     /// full validation. A token a rule covers is learned into the kernel map.
     pub fn check_token(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
-        let hash = token_hash(&self.key, token.as_bytes());
-        if !self.monitoring_on() {
-            return self.check_token_uncounted(token, hash);
-        }
-        let started = std::time::Instant::now();
+        let (hash, started) = (token_hash(&self.key, token.as_bytes()), Instant::now());
         let result = self.check_token_uncounted(token, hash);
-        self.metrics
-            .validation_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.count_check(hash, &result);
+        self.count(hash, started, &result);
         result
     }
 
+    /// [`check_token`](Self::check_token) for when the answer must not wait (an async
+    /// worker): answers only a revoked token, or a cached one no rule covers, and only when
+    /// no lock is held elsewhere. `None` means: call `check_token` on a blocking thread.
+    pub fn check_token_now(&self, token: &str) -> Option<Result<Arc<Verified>, Refusal>> {
+        let (hash, started) = (token_hash(&self.key, token.as_bytes()), Instant::now());
+        let header_hash = token_hash(&self.key, header_segment(token).as_bytes());
+        let result = {
+            let (inner, mut cache) = self.try_lock()?;
+            match revoked_in_store(&inner, hash, header_hash) {
+                Some(refusal) => Err(refusal),
+                None => {
+                    let v = cache.get(hash, now())?;
+                    if self.covering_rule_in(&inner, &v).is_some() {
+                        return None;
+                    }
+                    Ok(v)
+                }
+            }
+        };
+        self.count(hash, started, &result);
+        Some(result)
+    }
+
+    /// Counts a check in the metrics, when monitoring is on.
+    fn count(&self, hash: u64, started: Instant, result: &Result<Arc<Verified>, Refusal>) {
+        if self.monitoring_on() {
+            self.metrics
+                .validation_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.count_check(hash, result);
+        }
+    }
+
     fn check_token_uncounted(&self, token: &str, hash: u64) -> Result<Arc<Verified>, Refusal> {
-        let header = token.split('.').next().unwrap_or_default();
+        let header = header_segment(token);
         let header_hash = token_hash(&self.key, header.as_bytes());
-        {
-            let inner = self.lock();
-            if inner.store.get(hash).is_some() {
-                return Err(Refusal::Revoked("token"));
-            }
-            if inner
-                .store
-                .get(header_hash)
-                .is_some_and(|r| r.scope == Scope::SigningKey)
-            {
-                return Err(Refusal::Revoked("signing key"));
-            }
+        if let Some(refusal) = revoked_in_store(&self.lock(), hash, header_hash) {
+            return Err(refusal);
         }
         let now = now();
         let cached = self.cache().get(hash, now);
@@ -226,8 +259,11 @@ impl Service {
 
     /// The kind of the first rule covering a verified token.
     fn covering_rule(&self, v: &Verified) -> Option<&'static str> {
+        self.covering_rule_in(&self.lock(), v)
+    }
+
+    fn covering_rule_in(&self, inner: &Inner, v: &Verified) -> Option<&'static str> {
         let iat = v.claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
-        let inner = self.lock();
         let rule = |kind: RuleKind, name: &str| {
             (!name.is_empty())
                 .then(|| inner.store.get(rule_hash(&self.key, kind, name)))

@@ -177,6 +177,14 @@ impl Service {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The store and kernel if nobody holds them (a revocation may be fsyncing), and the
+    /// verified cache: for answers that must not wait.
+    pub(crate) fn try_lock(
+        &self,
+    ) -> Option<(MutexGuard<'_, Inner>, MutexGuard<'_, VerifiedCache>)> {
+        Some((self.inner.try_lock().ok()?, self.cache.try_lock().ok()?))
+    }
+
     pub(crate) fn authority(&self) -> MutexGuard<'_, Authority> {
         self.authority.lock().unwrap_or_else(|p| p.into_inner())
     }

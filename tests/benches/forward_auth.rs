@@ -23,8 +23,8 @@ const PER_ROUND: usize = 400;
 const ROUNDS: usize = 5;
 /// Requests per measurement and rounds for the monitoring on/off comparison: a difference of a
 /// few percent needs longer runs than the ratios above.
-const OVERHEAD_PER_ROUND: usize = 500;
-const OVERHEAD_ROUNDS: usize = 24;
+const OVERHEAD_PER_ROUND: usize = 400;
+const OVERHEAD_ROUNDS: usize = 48;
 const ISS: &str = "https://bench.test";
 
 struct Family {
@@ -284,6 +284,7 @@ fn monitoring_overhead(
     let n = OVERHEAD_PER_ROUND;
     let fresh = sign(es256, "ES256", n * OVERHEAD_ROUNDS * 3, "overhead");
     let mut fresh = fresh.iter();
+    eprintln!("monitoring on/off: {OVERHEAD_ROUNDS} rounds…");
     // [cached rps, never-seen rps, cached cpu, never-seen cpu][leg]
     let mut m: [Legs; 4] = Default::default();
     for round in 0..OVERHEAD_ROUNDS {

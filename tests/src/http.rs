@@ -96,6 +96,21 @@ pub fn gateway_get_with(tb: &Testbed, port: u16, path: &str, headers: &[String])
     )
 }
 
+/// Asks the daemon's forward-auth endpoint (`GET /v1/auth` on `api`) directly from the server
+/// namespace, past the kernel path (the API port is not watched).
+pub fn forward_auth(tb: &Testbed, api: &str, token: &str) -> Resp {
+    let hdr = tb.work_dir().join("fa-hdr");
+    std::fs::write(&hdr, format!("Authorization: Bearer {token}\n")).unwrap();
+    curl(
+        tb.server_ns(),
+        &[
+            "-H",
+            &format!("@{}", hdr.display()),
+            &format!("http://{api}/v1/auth"),
+        ],
+    )
+}
+
 /// The daemon (XDP, reset, watching `port`, HTTP API on `api`) and nginx on `port` using it
 /// as its `auth_request` authorizer.
 /// `extra` goes to `tokenwall run` too.

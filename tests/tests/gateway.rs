@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokenwall_tests::{
     Testbed,
-    http::{Resp, curl, daemon_behind_gateway, gateway_get},
+    http::{Resp, curl, daemon_behind_gateway, forward_auth, gateway_get},
 };
 
 const PORT: u16 = 8080;
@@ -212,6 +212,9 @@ fn nginx_authorizes_through_tokenwall_and_a_revoked_token_stops_in_the_kernel() 
         .unwrap()
         .to_string();
     assert_eq!(through_gateway(&tb, "/second", Some(&second)).status, 200);
+    let r = forward_auth(&tb, API, &second);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-auth-client"), Some("billing"));
     let jti = intro(&second)["jti"].as_str().unwrap().to_string();
     let out = tb.cli(&["revoke", "--jti", &jti, "--json"], None);
     assert!(
@@ -222,6 +225,15 @@ fn nginx_authorizes_through_tokenwall_and_a_revoked_token_stops_in_the_kernel() 
     let r = through_gateway(&tb, "/second-after", Some(&second));
     assert!(r.exit == 56 || r.status == 0, "expected a reset, got {r:?}");
     assert!(gw.never_saw("/second-after"));
+    // Asked directly, past the kernel, the daemon refuses the token too, although its
+    // verification is cached: the cached answer is never served past a revocation.
+    let r = forward_auth(&tb, API, &second);
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.contains("error=\"invalid_token\"") && challenge.contains("revoked"),
+        "{r:?}"
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert!(tb.counter("reset") >= 2);
 
