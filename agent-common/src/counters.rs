@@ -28,6 +28,9 @@ pub enum Counter {
     ResetNoSocket = 10,
     /// Hits on a revoked JWS header segment (a whole signing key) rather than a single token.
     RevokedKeyHits = 11,
+    /// Hits counted but not sent as events: the CPU's event budget for the window was spent
+    /// (see [`crate::event::EVENTS_PER_WINDOW`]).
+    EventsSuppressed = 12,
 }
 
 /// Counter slots per interface.
@@ -43,7 +46,7 @@ pub const IFACE_SLOT_ENTRIES: u32 = 1024;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::Packets,
         Counter::HttpRequests,
         Counter::BearerTokens,
@@ -56,6 +59,7 @@ impl Counter {
         Counter::ExpiredIgnored,
         Counter::ResetNoSocket,
         Counter::RevokedKeyHits,
+        Counter::EventsSuppressed,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -73,6 +77,7 @@ impl Counter {
             Counter::ExpiredIgnored => "expired_ignored",
             Counter::ResetNoSocket => "reset_no_socket",
             Counter::RevokedKeyHits => "revoked_key_hits",
+            Counter::EventsSuppressed => "events_suppressed",
         }
     }
 }

@@ -33,6 +33,14 @@ pub const MATCH_TOKEN: u16 = 1;
 /// The JWS header segment's hash matched (a revoked signing key).
 pub const MATCH_HEADER_SEGMENT: u16 = 2;
 
+/// Hit events one CPU may send per window of 2^[`EVENT_WINDOW_SHIFT`] ns (about 1 ms); further
+/// hits in that window are only counted (`events_suppressed`). Up to this rate (64,000 a
+/// second per CPU) every hit is reported; under a flood the reader and the ring are not what
+/// the flood costs, and each dropped packet stays cheap.
+pub const EVENTS_PER_WINDOW: u32 = 64;
+/// Log2 of the event window in nanoseconds.
+pub const EVENT_WINDOW_SHIFT: u32 = 20;
+
 /// Action value for a `reset` hit on a connection that no longer existed: the segment was passed
 /// and the local stack answered it with a reset.
 pub const HIT_PASSED_TO_STACK: u32 = 4;

@@ -13,6 +13,7 @@ use agent_common::{
         BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER,
         tchar_bit,
     },
+    event::{EVENT_WINDOW_SHIFT, EVENTS_PER_WINDOW},
     hash::{HashKey, SipState, tail_mask},
 };
 use aya_ebpf::helpers::generated::bpf_loop;
@@ -43,6 +44,30 @@ pub struct Scratch {
     pub tlen: u32,
     /// Reserved.
     pub _pad: u32,
+    /// The event window this CPU last reported a hit in (boot ns >> `EVENT_WINDOW_SHIFT`).
+    pub event_window: u64,
+    /// Hit events sent in that window.
+    pub events_in_window: u32,
+    /// Reserved.
+    pub _pad2: u32,
+}
+
+impl Scratch {
+    /// Takes one hit event from this CPU's budget for the window of `now_ns`; false when it
+    /// is spent.
+    #[inline(always)]
+    pub fn take_event(&mut self, now_ns: u64) -> bool {
+        let window = now_ns >> EVENT_WINDOW_SHIFT;
+        if self.event_window != window {
+            self.event_window = window;
+            self.events_in_window = 0;
+        }
+        if self.events_in_window >= EVENTS_PER_WINDOW {
+            return false;
+        }
+        self.events_in_window += 1;
+        true
+    }
 }
 
 /// Passes `v` through map memory: the verifier then sees an unknown scalar, so the code after a

@@ -441,3 +441,43 @@ fn a_revoked_signing_key_drops_tokens_never_seen_before() {
         XDP_PASS
     );
 }
+
+#[test]
+fn a_flood_of_hits_is_counted_exactly_and_its_events_are_budgeted() {
+    use agent_common::event::{EVENT_WINDOW_SHIFT, EVENTS_PER_WINDOW};
+    let (mut k, cfg, _pins) = load("budget", Action::Drop);
+    k.insert(token_hash(&cfg.key, b"flooded"), RevokedEntry::default())
+        .unwrap();
+    let mut events = k.take_events().unwrap();
+    let frame = Segment::v4(PORT).frame(b"GET / HTTP/1.1\r\nAuthorization: Bearer flooded\r\n\r\n");
+    // One test run repeats on one CPU, so one budget applies.
+    const FLOOD: u32 = 20_000;
+    let started = std::time::Instant::now();
+    let out = k.test_run(program_names::XDP, &frame, FLOOD).unwrap();
+    let windows = (started.elapsed().as_nanos() as u64 >> EVENT_WINDOW_SHIFT) + 2;
+    assert_eq!(out.verdict, XDP_DROP);
+    let mut sent = 0u64;
+    while events.next().is_some() {
+        sent += 1;
+    }
+    let c = counters(&k);
+    assert_eq!(c["dropped"], u64::from(FLOOD), "the counters stay exact");
+    assert_eq!(c["revoked_hits"], u64::from(FLOOD));
+    assert_eq!(
+        sent + c["events_suppressed"],
+        u64::from(FLOOD),
+        "each hit is either sent or counted as suppressed"
+    );
+    assert!(
+        sent >= u64::from(EVENTS_PER_WINDOW),
+        "the first window's budget is sent: {sent}"
+    );
+    assert!(
+        sent <= u64::from(EVENTS_PER_WINDOW) * windows,
+        "{sent} events in at most {windows} windows"
+    );
+    // A single hit afterwards, in a new window, is reported again.
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    k.test_run(program_names::XDP, &frame, 1).unwrap();
+    assert!(events.next().is_some(), "a hit after the flood is reported");
+}
