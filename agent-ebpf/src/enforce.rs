@@ -60,8 +60,14 @@ impl Meter {
 /// Sends a hit event; `time_ns` is boot time. The event is written in place in the ring
 /// (no copy on the stack, which the TC program has little of to spare).
 #[inline(always)]
-fn report<P: Packet>(pkt: &P, flow: &Flow, cfg: &Config, found: &Found, hit: (u32, u16, u64)) {
-    let (action, matched, time_ns) = hit;
+fn report<P: Packet>(
+    pkt: &P,
+    flow: &Flow,
+    cfg: &Config,
+    found: &Found,
+    (action, matched): (u32, u16),
+    time_ns: u64,
+) {
     let Some(mut entry) = EVENTS.reserve::<HitEvent>(0) else {
         return;
     };
@@ -192,7 +198,8 @@ pub fn run<P: Packet>(pkt: &P) -> Verdict {
                 &flow,
                 cfg,
                 &Found { hash, ..found },
-                (action, matched, boot_ns),
+                (action, matched),
+                boot_ns,
             )
         }
     };

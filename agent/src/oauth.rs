@@ -2,6 +2,8 @@
 //! `client_credentials` issuance (RFC 6749 section 4.4), revocation (RFC 7009) and
 //! introspection (RFC 7662). Every revocation goes through the durable store into the kernel.
 
+use std::sync::Arc;
+
 use agent_common::hash::token_hash;
 use serde_json::{Value, json};
 
@@ -10,7 +12,9 @@ use crate::{
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent},
     metrics::KidLabel,
+    rules::Refusal,
     service::Service,
+    tokens::validate::Verified,
     until::{JWT_EXP_MARGIN, now},
 };
 
@@ -65,12 +69,67 @@ pub struct ClientAuth {
     pub secret: String,
 }
 
+/// What a forward-auth request presents, before any lookup.
+enum Presented<'a> {
+    /// A bearer token.
+    Token(&'a str),
+    /// An API key (no bearer token).
+    ApiKey(&'a str),
+    /// Nothing to look up: the answer is already known.
+    Decided(AuthDecision),
+}
+
+/// Reads the `Authorization` header value, or failing a bearer token, the API-key header's.
+fn presented<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) -> Presented<'a> {
+    let bearer = authorization.filter(|v| {
+        v.split_whitespace()
+            .next()
+            .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
+    });
+    let Some(value) = bearer else {
+        return match api_key {
+            Some(k) => Presented::ApiKey(k.trim()),
+            None => Presented::Decided(AuthDecision::NoCredentials),
+        };
+    };
+    let mut parts = value.trim().splitn(2, ' ');
+    let (scheme, rest) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("").trim(),
+    );
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Presented::Decided(AuthDecision::NoCredentials);
+    }
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Presented::Decided(AuthDecision::InvalidRequest(
+            "malformed bearer credentials".into(),
+        ));
+    }
+    Presented::Token(rest)
+}
+
+/// The decision for a checked token.
+fn token_decision(checked: Result<Arc<Verified>, Refusal>) -> AuthDecision {
+    match checked {
+        Ok(v) => AuthDecision::Allow {
+            subject: v.claim_str("sub").unwrap_or_default().into(),
+            client: v.claim_str("client_id").unwrap_or_default().into(),
+            scopes: v.claim_str("scope").unwrap_or_default().into(),
+            token_id: v.claim_str("jti").unwrap_or_default().into(),
+        },
+        Err(r) => AuthDecision::InvalidToken(r.to_string()),
+    }
+}
+
 impl Service {
     /// Decides a forward-auth request from its `Authorization` header value, or failing a
     /// bearer token, from the API-key header's value.
     pub fn forward_auth(&self, authorization: Option<&str>, api_key: Option<&str>) -> AuthDecision {
-        self.decide(authorization, api_key, false)
-            .unwrap_or(AuthDecision::NoCredentials)
+        match presented(authorization, api_key) {
+            Presented::Token(t) => token_decision(self.check_token(t)),
+            Presented::ApiKey(k) => self.api_key_auth(k),
+            Presented::Decided(d) => d,
+        }
     }
 
     /// [`forward_auth`](Self::forward_auth) for an async worker: answers only what needs no
@@ -81,56 +140,11 @@ impl Service {
         authorization: Option<&str>,
         api_key: Option<&str>,
     ) -> Option<AuthDecision> {
-        self.decide(authorization, api_key, true)
-    }
-
-    /// The decision; with `now_only`, `None` where it would wait (an API key, or a token
-    /// that is neither revoked nor cached). Without it, always `Some`.
-    fn decide(
-        &self,
-        authorization: Option<&str>,
-        api_key: Option<&str>,
-        now_only: bool,
-    ) -> Option<AuthDecision> {
-        let bearer = authorization.filter(|v| {
-            v.split_whitespace()
-                .next()
-                .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
-        });
-        let Some(value) = bearer else {
-            return match api_key {
-                Some(_) if now_only => None,
-                Some(k) => Some(self.api_key_auth(k.trim())),
-                None => Some(AuthDecision::NoCredentials),
-            };
-        };
-        let mut parts = value.trim().splitn(2, ' ');
-        let (scheme, rest) = (
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or("").trim(),
-        );
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Some(AuthDecision::NoCredentials);
+        match presented(authorization, api_key) {
+            Presented::Token(t) => self.check_token_now(t).map(token_decision),
+            Presented::ApiKey(_) => None,
+            Presented::Decided(d) => Some(d),
         }
-        if rest.is_empty() || rest.contains(char::is_whitespace) {
-            return Some(AuthDecision::InvalidRequest(
-                "malformed bearer credentials".into(),
-            ));
-        }
-        let checked = if now_only {
-            self.check_token_now(rest)?
-        } else {
-            self.check_token(rest)
-        };
-        Some(match checked {
-            Ok(v) => AuthDecision::Allow {
-                subject: v.claim_str("sub").unwrap_or_default().into(),
-                client: v.claim_str("client_id").unwrap_or_default().into(),
-                scopes: v.claim_str("scope").unwrap_or_default().into(),
-                token_id: v.claim_str("jti").unwrap_or_default().into(),
-            },
-            Err(r) => AuthDecision::InvalidToken(r.to_string()),
-        })
     }
 
     fn api_key_auth(&self, presented: &str) -> AuthDecision {

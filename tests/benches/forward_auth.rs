@@ -15,7 +15,10 @@ use std::{
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use serde_json::json;
-use tokenwall_tests::Testbed;
+use tokenwall_tests::{
+    Testbed,
+    legs::{Legs, leg, median},
+};
 
 const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../agent/src/tokens/testdata");
 const API: &str = "192.0.2.1:7070";
@@ -121,11 +124,6 @@ fn per_second(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn ring_rate(f: &Family, token: &str) -> f64 {
     use base64::Engine as _;
     let spki = der(&read(f.public));
@@ -228,18 +226,19 @@ fn main() -> anyhow::Result<()> {
     }
     let overhead = monitoring_overhead(&tb, &daemon, &mut conn, &cached, &families[0])?;
     let ring: Vec<f64> = ring_rps.into_iter().map(median).collect();
+    let cached_rps = median(cached_rps);
     println!(
         "| forward-auth (`GET /v1/auth`, one keep-alive connection) | requests/s | raw ring verifications/s | ratio |"
     );
     println!("|---|---:|---:|---:|");
     println!(
         "| cached token (vs ES256 verify) | {:.0} | {:.0} | {:.2} |",
-        median(cached_rps.clone()),
+        cached_rps,
         ring[0],
-        median(cached_rps) / ring[0]
+        cached_rps / ring[0]
     );
     for (i, f) in families.iter().enumerate() {
-        let rps = median(uncached_rps[i].clone());
+        let rps = median(uncached_rps[i].iter().copied());
         println!(
             "| never-seen {} token | {rps:.0} | {:.0} | {:.2} |",
             f.name,
@@ -251,28 +250,16 @@ fn main() -> anyhow::Result<()> {
     println!("| forward-auth, monitoring | on | off | on / off | off / off again (noise) |");
     println!("|---|---:|---:|---:|---:|");
     for (name, legs) in overhead {
-        let ratio =
-            |x: usize, y: usize| median(legs[x].iter().zip(&legs[y]).map(|(a, b)| a / b).collect());
         let digits = if name.ends_with("requests/s") { 0 } else { 1 };
-        println!(
-            "| {name} | {:.digits$} | {:.digits$} | {:.3} | {:.3} |",
-            median(legs[0].clone()),
-            median(legs[1].clone()),
-            ratio(0, 1),
-            ratio(2, 1)
-        );
+        println!("{}", legs.row(name, digits));
     }
     Ok(())
 }
 
-/// Samples of one measure per leg: monitoring on, off, off again.
-type Legs = [Vec<f64>; 3];
-
 /// Monitoring on against off, switched at run time, for the cached token and for never-seen
-/// ES256 tokens. Each round runs three legs next to each other (on, off, and off again as a
-/// control that shows the noise floor) in an order that rotates, so drifts of this shared VM
-/// cancel out of the per-round ratios. Returns, per measure, the legs' samples: requests per
-/// second, and the daemon's CPU time per request (all its threads, from schedstat).
+/// ES256 tokens, in [`Legs`] (on, off, off again). Returns, per measure, the legs' samples:
+/// requests per second, and the daemon's CPU time per request (all its threads, from
+/// schedstat).
 fn monitoring_overhead(
     tb: &Testbed,
     daemon: &tokenwall_tests::Daemon,
@@ -289,7 +276,7 @@ fn monitoring_overhead(
     let mut m: [Legs; 4] = Default::default();
     for round in 0..OVERHEAD_ROUNDS {
         for i in 0..3 {
-            let leg = (round + i) % 3;
+            let leg = leg(round, i);
             let out = tb.cli(&["monitoring", LEGS[leg]], None);
             anyhow::ensure!(
                 out.status.success(),
@@ -303,8 +290,8 @@ fn monitoring_overhead(
                     assert_eq!(conn.auth(t), 200);
                 }
                 let (took, cpu1) = (start.elapsed(), daemon.cpu_ns()?);
-                m[case][leg].push(per_second(n, took));
-                m[2 + case][leg].push(cpu1.saturating_sub(cpu0) as f64 / n as f64 / 1000.0);
+                m[case].push(leg, per_second(n, took));
+                m[2 + case].push(leg, cpu1.saturating_sub(cpu0) as f64 / n as f64 / 1000.0);
             }
         }
     }

@@ -18,7 +18,10 @@ use agent_common::{
     revoked::RevokedEntry,
 };
 use tokenwall::kernel::Kernel;
-use tokenwall_tests::packet::Segment;
+use tokenwall_tests::{
+    legs::{Legs, leg, median},
+    packet::Segment,
+};
 
 const PORT: u16 = 8080;
 const REPEAT: u32 = 200_000;
@@ -59,9 +62,8 @@ fn request(filler: usize, token: Option<&str>) -> Vec<u8> {
     r.into_bytes()
 }
 
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_nanos() as f64
+fn median_ns(v: &[Duration]) -> f64 {
+    median(v.iter().map(|d| d.as_nanos() as f64))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,7 +122,7 @@ fn main() -> anyhow::Result<()> {
             tc[i].push(k.test_run(program_names::TC, frame, REPEAT)?.per_run);
         }
     }
-    let b = median(base).max(1.0);
+    let b = median_ns(&base).max(1.0);
     println!(
         "BPF_PROG_TEST_RUN, {REPEAT} repeats x {ROUNDS} interleaved rounds, median ns per packet"
     );
@@ -128,14 +130,12 @@ fn main() -> anyhow::Result<()> {
     println!("| --- | ---: | ---: | ---: | ---: |");
     println!("| empty XDP program (baseline) | {b:.0} | 1.0 | | |");
     for (i, (name, _)) in cases.iter().enumerate() {
-        let (x, t) = (median(xdp[i].clone()), median(tc[i].clone()));
+        let (x, t) = (median_ns(&xdp[i]), median_ns(&tc[i]));
         println!("| {name} | {x:.0} | {:.1} | {t:.0} | {:.1} |", x / b, t / b);
     }
 
     // Monitoring overhead in the kernel: per-interface counters and hit events on versus off,
-    // XDP. Each round runs three legs next to each other (on, off, and off again as a control
-    // that shows the noise floor) in an order that rotates; the ratios are medians of the
-    // per-round ratios, so drifts of this shared VM cancel out.
+    // XDP, in `Legs` (on, off, off again).
     // A reader drains the hit events as the daemon does, so every dropped packet pays for
     // a full reserve and submit, not for a ring that is already full.
     let mut events = k.take_events()?;
@@ -153,18 +153,18 @@ fn main() -> anyhow::Result<()> {
             n
         })
     };
-    const LEGS: [u32; 3] = [1, 0, 0];
-    let mut legs: Vec<[Vec<f64>; 3]> = vec![Default::default(); cases.len()];
+    const MONITORING: [u32; 3] = [1, 0, 0];
+    let mut legs = vec![Legs::default(); cases.len()];
     for round in 0..OVERHEAD_ROUNDS {
         for (i, (_, frame)) in cases.iter().enumerate() {
             for j in 0..3 {
-                let leg = (round + i + j) % 3;
-                cfg.monitoring = LEGS[leg];
+                let leg = leg(round + i, j);
+                cfg.monitoring = MONITORING[leg];
                 k.set_config(&cfg)?;
                 let ns = k
                     .test_run(program_names::XDP, frame, OVERHEAD_REPEAT)?
                     .per_run;
-                legs[i][leg].push(ns.as_nanos() as f64);
+                legs[i].push(leg, ns.as_nanos() as f64);
             }
         }
     }
@@ -172,37 +172,14 @@ fn main() -> anyhow::Result<()> {
     let drained = drain
         .join()
         .map_err(|_| anyhow::anyhow!("the event reader panicked"))?;
-    let ratio = |l: &[Vec<f64>; 3], x: usize, y: usize| {
-        let mut r: Vec<f64> = l[x]
-            .iter()
-            .zip(&l[y])
-            .map(|(a, b)| a / b.max(1.0))
-            .collect();
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
-    };
     println!();
     println!(
         "Monitoring on versus off, {OVERHEAD_REPEAT} repeats x {OVERHEAD_ROUNDS} rounds, a reader draining the ring ({drained} hit events read)"
     );
     println!("| packet (XDP) | monitoring on ns | off ns | on / off | off / off again (noise) |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    for (i, (name, _)) in cases.iter().enumerate() {
-        let ns = |leg: usize| {
-            median(
-                legs[i][leg]
-                    .iter()
-                    .map(|&n| Duration::from_nanos(n as u64))
-                    .collect(),
-            )
-        };
-        println!(
-            "| {name} | {:.0} | {:.0} | {:.3} | {:.3} |",
-            ns(0),
-            ns(1),
-            ratio(&legs[i], 0, 1),
-            ratio(&legs[i], 2, 1)
-        );
+    for ((name, _), l) in cases.iter().zip(&legs) {
+        println!("{}", l.row(name, 0));
     }
     Ok(())
 }

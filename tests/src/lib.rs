@@ -5,6 +5,7 @@
 pub mod client;
 pub mod daemon;
 pub mod http;
+pub mod legs;
 pub mod nginx;
 pub mod packet;
 pub mod testbed;
