@@ -113,6 +113,33 @@ pub fn token_hash(key: &HashKey, token: &[u8]) -> u64 {
     st.finish(u64::from_le_bytes(tail), token.len() as u64)
 }
 
+/// How many leading bytes of `token` its revocation is keyed on.
+///
+/// A JWS (RFC 7515 compact form) is keyed on its *signing input*, the bytes before its second
+/// `.` (`header.payload`): every signature of the same signed content, including the second
+/// ECDSA signature `(r, n - s)` and any re-encoding of the signature segment, has the same key,
+/// so revoking one revokes them all. A token counts as a JWS when it starts with `ey` or `ew`
+/// (the base64url of `{` followed by `"` or JSON whitespace: the start of every JOSE header)
+/// and contains at least two dots. Every other token (opaque tokens, API keys) is keyed whole.
+/// The kernel implements the same rule; the differential tests hold both to it.
+pub fn revocation_key_len(token: &[u8]) -> usize {
+    if !(token.starts_with(b"ey") || token.starts_with(b"ew")) {
+        return token.len();
+    }
+    let mut dots = token.iter().enumerate().filter(|(_, b)| **b == b'.');
+    match (dots.next(), dots.next()) {
+        (Some(_), Some((second, _))) => second,
+        _ => token.len(),
+    }
+}
+
+/// The keyed hash a token is revoked under (its fingerprint): the hash of its first
+/// [`revocation_key_len`] bytes.
+#[cfg(not(target_arch = "bpf"))]
+pub fn revocation_hash(key: &HashKey, token: &[u8]) -> u64 {
+    token_hash(key, &token[..revocation_key_len(token)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +170,26 @@ mod tests {
         let a = token_hash(&HashKey::from_bytes([1; 16]), b"same-token");
         let b = token_hash(&HashKey::from_bytes([2; 16]), b"same-token");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_jws_is_keyed_on_its_signing_input_and_anything_else_whole() {
+        assert_eq!(revocation_key_len(b"eyJhbGci.eyJzdWIi.c2ln"), 17);
+        assert_eq!(revocation_key_len(b"ewogImFsZyI.e30.sig.extra"), 15);
+        assert_eq!(revocation_key_len(b"eyJh..sig"), 5, "an empty payload");
+        assert_eq!(revocation_key_len(b"eyJhbGci.only-one-dot"), 21);
+        assert_eq!(revocation_key_len(b"sk.live.secret"), 14, "opaque tokens stay whole");
+        assert_eq!(revocation_key_len(b"e.x.y"), 5);
+        assert_eq!(revocation_key_len(b""), 0);
+        let key = HashKey::from_bytes([9; 16]);
+        assert_eq!(
+            revocation_hash(&key, b"eyJh.eyJz.sig-one"),
+            revocation_hash(&key, b"eyJh.eyJz.other-signature=="),
+        );
+        assert_ne!(
+            revocation_hash(&key, b"sk.live.one"),
+            revocation_hash(&key, b"sk.live.two"),
+        );
     }
 
     proptest! {

@@ -100,6 +100,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     println!("== unit tests");
     run(cargo().args([
         "test",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "tokenwall-tests",
@@ -108,7 +109,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     ]))?;
     println!("== privileged integration tests (real programs, veth pairs in namespaces, nginx)");
     run(cargo()
-        .args(["test", "-p", "tokenwall-tests", "--"])
+        .args(["test", "--no-fail-fast", "-p", "tokenwall-tests", "--"])
         .arg("--test-threads=2")
         .args(extra)
         .env("TOKENWALL_BIN", &bin))?;
