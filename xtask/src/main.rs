@@ -97,8 +97,10 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
 fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::setup()?;
     let bin = build(false)?;
+    // Both suites always run (and every test binary inside each, --no-fail-fast), so one
+    // failure never hides another; the command fails at the end if either did.
     println!("== unit tests");
-    run(cargo().args([
+    let unit = run(cargo().args([
         "test",
         "--no-fail-fast",
         "--workspace",
@@ -106,15 +108,26 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "tokenwall-tests",
         "--exclude",
         "agent-ebpf",
-    ]))?;
+    ]));
     println!("== privileged integration tests (real programs, veth pairs in namespaces, nginx)");
-    run(cargo()
+    let privileged = run(cargo()
         .args(["test", "--no-fail-fast", "-p", "tokenwall-tests", "--"])
         .arg("--test-threads=2")
         .args(extra)
-        .env("TOKENWALL_BIN", &bin))?;
-    println!("xtask test: all test suites passed");
-    Ok(())
+        .env("TOKENWALL_BIN", &bin));
+    match (unit, privileged) {
+        (Ok(()), Ok(())) => {
+            println!("xtask test: all test suites passed");
+            Ok(())
+        }
+        (u, p) => {
+            let failed: Vec<String> = [("unit", u), ("privileged", p)]
+                .into_iter()
+                .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e:#}")))
+                .collect();
+            bail!("test suites failed: {}", failed.join("; "))
+        }
+    }
 }
 
 fn bench() -> anyhow::Result<()> {
