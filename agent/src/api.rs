@@ -87,6 +87,9 @@ pub enum Request {
         kind: crate::rules::RuleKind,
         /// The jti, sub, client id or kid.
         name: String,
+        /// Only tokens of this issuer (`iss`); none: of every issuer.
+        #[serde(default)]
+        issuer: Option<String>,
         /// Unix seconds after which the rule lapses (default: never, or a jti's token expiry).
         until: Option<u64>,
         /// Why.
@@ -212,7 +215,12 @@ pub struct RevokeReply {
     /// Unix seconds when the revocation lapses; 0 = never.
     pub expires_at: u64,
     /// Whether the kernel map now holds the entry (revoke) or no longer does (unrevoke).
+    /// `false` after a revoke means the map is full: forward-auth still refuses the token.
     pub in_kernel: bool,
+    /// The `jti` of a revoked JWT, now revoked too (for its issuer), so re-signed copies of
+    /// the same claims are refused as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti_rule: Option<String>,
 }
 
 /// One attachment in a status reply.
@@ -241,6 +249,9 @@ pub struct StatusReply {
     pub revoked_entries: usize,
     /// Entries in the kernel map.
     pub kernel_entries: usize,
+    /// Revocations the kernel maps could not take (full): enforced by forward-auth only.
+    #[serde(default)]
+    pub kernel_overflow: usize,
     /// Size of the revocation log in bytes.
     pub store_bytes: u64,
     /// State directory.

@@ -371,7 +371,7 @@ impl RunArgs {
     }
 }
 
-/// Which token: exactly one of the three.
+/// Which token: exactly one of the forms.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct TokenArgs {
@@ -429,6 +429,10 @@ pub struct RevokeArgs {
     /// The token is an API key.
     #[arg(long)]
     pub api_key: bool,
+    /// With --jti, --sub, --client or --kid: only tokens of this issuer (`iss`). Default:
+    /// tokens of every trusted issuer.
+    #[arg(long, value_name = "ISS")]
+    pub issuer: Option<String>,
     /// Client options.
     #[command(flatten)]
     pub client: ClientArgs,

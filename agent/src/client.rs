@@ -62,20 +62,25 @@ pub async fn revoke(args: crate::cli::RevokeArgs) -> anyhow::Result<()> {
         let req = Request::RevokeBy {
             kind,
             name: name.to_string(),
+            issuer: args.issuer.clone(),
             until,
             reason: args.reason.clone(),
         };
         let data = control::call(&args.client.control_socket, &req).await?;
         print(&args.client, &data, || {
             format!(
-                "revoked {} {name}: rule {}, {} live tokens pushed to the kernel, {} sessions ended",
+                "revoked {} {name} of issuer {}: rule {}, {} live tokens pushed to the kernel, {} sessions ended",
                 kind.name(),
+                data["issuer"].as_str().unwrap_or("?"),
                 data["fingerprint"].as_str().unwrap_or("?"),
                 data["tokens_pushed"],
                 data["sessions_revoked"]
             )
         });
         return Ok(());
+    }
+    if args.issuer.is_some() {
+        bail!("--issuer works with --jti, --sub, --client or --kid");
     }
     let req = Request::Revoke {
         token: token_ref(&args.which)?,
@@ -87,11 +92,20 @@ pub async fn revoke(args: crate::cli::RevokeArgs) -> anyhow::Result<()> {
     let r: RevokeReply = serde_json::from_value(data.clone())?;
     print(&args.client, &data, || {
         format!(
-            "revoked {}{} (until {}; in kernel: {})",
+            "revoked {}{} (until {}; in kernel: {}{}){}",
             r.fingerprint,
             if r.changed { "" } else { " (already revoked)" },
             until_text(r.expires_at),
-            r.in_kernel
+            r.in_kernel,
+            if r.in_kernel {
+                ""
+            } else {
+                ", the map is full: forward-auth still refuses it"
+            },
+            r.jti_rule
+                .as_deref()
+                .map(|j| format!("; jti {j} revoked too"))
+                .unwrap_or_default()
         )
     });
     Ok(())

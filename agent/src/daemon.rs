@@ -149,7 +149,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     )?;
     file.apply(
         &mut authority,
-        |t| agent_common::hash::token_hash(&key, t.as_bytes()),
+        |t| agent_common::hash::revocation_hash(&key, t.as_bytes()),
         now(),
     )?;
     let refresh = RefreshStore::open(&args.state_dir)?;

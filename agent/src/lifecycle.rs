@@ -110,12 +110,18 @@ pub struct Timeline {
 }
 
 /// Timelines by token hash (the fingerprint's value: a passing check needs no formatting).
+/// Tokens first seen refused (anyone can send garbage) live in a small pool of their own, so
+/// a flood of them never pushes out the timelines of tokens issued, validated or revoked.
 #[derive(Default)]
 pub struct Timelines {
     by_hash: HashMap<u64, Timeline>,
     order: VecDeque<u64>,
+    refused_order: VecDeque<u64>,
     jti_to_hash: HashMap<String, u64>,
 }
+
+/// Timelines of tokens first seen refused, at most.
+pub const MAX_REFUSED_TOKENS: usize = 1024;
 
 impl Timelines {
     /// Folds an event (and, for a validation, its outcome) into the token's timeline.
@@ -125,14 +131,19 @@ impl Timelines {
             return;
         };
         if !self.by_hash.contains_key(&hash) {
-            if self.by_hash.len() >= MAX_TOKENS
-                && let Some(old) = self.order.pop_front()
+            let (order, max) = if ev.kind == EventKind::Rejected {
+                (&mut self.refused_order, MAX_REFUSED_TOKENS)
+            } else {
+                (&mut self.order, MAX_TOKENS)
+            };
+            if order.len() >= max
+                && let Some(old) = order.pop_front()
                 && let Some(t) = self.by_hash.remove(&old)
                 && let Some(j) = t.jti
             {
                 self.jti_to_hash.remove(&j);
             }
-            self.order.push_back(hash);
+            order.push_back(hash);
             self.by_hash.insert(
                 hash,
                 Timeline {
@@ -235,6 +246,7 @@ impl Timelines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hashkey::fingerprint;
 
     fn ev(kind: EventKind, fp: &str, detail: &str) -> LifecycleEvent {
         LifecycleEvent::now(kind, Some(fp.into()), detail)
@@ -278,6 +290,30 @@ mod tests {
         }
         assert_eq!(a.get("cc"), b.get("cc"));
         assert_eq!(b.fingerprint_of("j9"), Some("cc"));
+    }
+
+    #[test]
+    fn a_flood_of_refused_tokens_never_pushes_out_other_timelines() {
+        let mut t = Timelines::default();
+        t.apply(&ev(EventKind::Issued, "aa", "client m"));
+        for i in 0..(MAX_REFUSED_TOKENS as u64 * 3) {
+            t.apply(&ev(
+                EventKind::Rejected,
+                &fingerprint(0x1000 + i),
+                "bad_signature",
+            ));
+        }
+        assert!(
+            t.get("aa").is_some(),
+            "the issued token's timeline was evicted"
+        );
+        assert_eq!(t.by_hash.len(), 1 + MAX_REFUSED_TOKENS);
+        let newest = fingerprint(0x1000 + MAX_REFUSED_TOKENS as u64 * 3 - 1);
+        assert!(
+            t.get(&newest).is_some(),
+            "the newest refused token has a timeline"
+        );
+        assert!(t.get(&fingerprint(0x1000)).is_none(), "the oldest went");
     }
 
     #[test]

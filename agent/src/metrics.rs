@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub keys: Vec<(&'static str, u64)>,
     /// Alerts waiting for webhook delivery.
     pub alert_queue: u64,
+    /// Revocations the kernel maps could not take (full), enforced by forward-auth only.
+    pub kernel_overflow: u64,
 }
 
 /// Rows of one gauge: (label name, label value, value); an empty name means no label.
@@ -94,7 +96,12 @@ impl Collector for SnapshotCollector {
                 ConstCounter::new(*value).encode(m.encode_family(&[("iface", iface.as_str())])?)?;
             }
         }
-        let gauges: [(&str, &str, GaugeRows); 4] = [
+        let gauges: [(&str, &str, GaugeRows); 5] = [
+            (
+                "kernel_overflow",
+                "Revocations the kernel maps could not take (full): enforced by forward-auth only",
+                vec![("", "", s.kernel_overflow)],
+            ),
             (
                 "alert_webhook_queue",
                 "Alerts waiting for webhook delivery",
@@ -161,6 +168,8 @@ pub struct Metrics {
     pub unrevoked: Counter,
     /// Expired store entries purged.
     pub purged: Counter,
+    /// Learned revocations refused because their bound was reached (header segments per key).
+    pub learn_refused: Counter,
     /// Time to check one token (cache hit or full validation).
     pub validation_seconds: Histogram,
     /// From a revocation request to the kernel map update completing.
@@ -217,6 +226,7 @@ impl Metrics {
             revoked: Family::default(),
             unrevoked: Counter::default(),
             purged: Counter::default(),
+            learn_refused: Counter::default(),
             validation_seconds: Histogram::new(exponential_buckets(5e-6, 2.0, 16)),
             revocation_to_kernel_seconds: Histogram::new(exponential_buckets(5e-5, 2.0, 16)),
             alerts: Family::default(),
@@ -249,6 +259,11 @@ impl Metrics {
             "expired_purged",
             "Expired revocations purged",
             m.purged.clone(),
+        );
+        registry.register(
+            "learn_refused",
+            "Learned revocations refused because their bound was reached",
+            m.learn_refused.clone(),
         );
         registry.register(
             "validation_seconds",

@@ -92,6 +92,17 @@ impl Service {
         }
     }
 
+    /// Raises the `kernel_map_full` alert: a revocation did not fit in a kernel map.
+    pub(crate) fn alert_kernel_full(&self, overflow: usize) {
+        self.raise(Alert::now(
+            "kernel_map_full",
+            None,
+            format!(
+                "{overflow} revocation(s) did not fit in the kernel maps: forward-auth still refuses them, the kernel does not drop them (raise --max-revoked)"
+            ),
+        ));
+    }
+
     /// Delivers an alert: log, event stream, metric, webhook (never waiting on it).
     fn raise(&self, alert: Alert) {
         log::warn!(
@@ -278,6 +289,7 @@ impl Service {
                 cached_tokens,
                 keys,
                 alert_queue: self.webhook.as_ref().map_or(0, |w| w.queued() as u64),
+                kernel_overflow: inner.overflow.len() as u64,
             }
         };
         Ok(self.metrics.encode(snapshot))

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use agent_common::hash::token_hash;
+use agent_common::hash::revocation_hash;
 use serde_json::{Value, json};
 
 use crate::{
@@ -148,7 +148,7 @@ impl Service {
     }
 
     fn api_key_auth(&self, presented: &str) -> AuthDecision {
-        let hash = token_hash(&self.key, presented.as_bytes());
+        let hash = revocation_hash(&self.key, presented.as_bytes());
         if self.lock().store.get(hash).is_some() {
             return AuthDecision::InvalidToken("API key revoked".into());
         }
@@ -169,12 +169,12 @@ impl Service {
         let created = self.authority().add_api_key(
             name,
             scopes,
-            |k| token_hash(&key, k.as_bytes()),
+            |k| revocation_hash(&key, k.as_bytes()),
             now(),
         )?;
         log::info!(
             "API key {name} created ({})",
-            fingerprint(token_hash(&key, created.as_bytes()))
+            fingerprint(revocation_hash(&key, created.as_bytes()))
         );
         Ok(json!({ "name": name, "api_key": created }))
     }
@@ -244,7 +244,7 @@ impl Service {
         let issued = self
             .authority()
             .issue(
-                |t| token_hash(&key, t.as_bytes()),
+                |t| revocation_hash(&key, t.as_bytes()),
                 &client_id,
                 &client_id,
                 &scopes,
@@ -252,7 +252,7 @@ impl Service {
                 now(),
             )
             .map_err(|e| OAuthError::new(500, "server_error", e.to_string()))?;
-        let fp = fingerprint(token_hash(&key, issued.token.as_bytes()));
+        let fp = fingerprint(revocation_hash(&key, issued.token.as_bytes()));
         self.metrics
             .issued
             .get_or_create(&KidLabel {
@@ -309,14 +309,13 @@ impl Service {
         {
             return Ok(());
         }
-        let hash = token_hash(&self.key, token.as_bytes());
+        let hashes = crate::hashkey::TokenHashes::of(&self.key, token);
+        let hash = hashes.key;
         // Only the client a token was issued to may revoke it; anything else is ignored
         // silently, as RFC 7009 answers unknown tokens with 200 too.
-        let header = token_hash(
-            &self.key,
-            token.split('.').next().unwrap_or_default().as_bytes(),
-        );
-        let v = self.authority().validate(token, (hash, header), now());
+        let v = self
+            .authority()
+            .validate(token, (hashes.key, hashes.header), now());
         let until = match &v {
             Ok(v) if v.claim_str("client_id") == Some(client_id.as_str()) => {
                 v.exp.map(|e| e + JWT_EXP_MARGIN)

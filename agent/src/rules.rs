@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::TokenRef,
-    hashkey::fingerprint,
+    hashkey::{TokenHashes, fingerprint},
     lifecycle::{EventKind, LifecycleEvent},
     service::{Inner, Service},
     store::{Revocation, Scope},
@@ -56,13 +56,22 @@ impl RuleKind {
     }
 }
 
-/// The stored hash of a rule: domain-separated from token hashes and from other kinds.
-pub fn rule_hash(key: &HashKey, kind: RuleKind, name: &str) -> u64 {
-    token_hash(
-        key,
-        format!("tokenwall-rule\0{}\0{name}", kind.name()).as_bytes(),
-    )
+/// The stored hash of a rule: domain-separated from token hashes, from other kinds, and
+/// between issuers. `issuer: None` covers every issuer (and keeps the form rules had before
+/// they could be scoped, so stored rules keep working); `Some(iss)` covers tokens whose `iss`
+/// claim is exactly `iss`.
+pub fn rule_hash(key: &HashKey, kind: RuleKind, issuer: Option<&str>, name: &str) -> u64 {
+    let text = match issuer {
+        None => format!("tokenwall-rule\0{}\0{name}", kind.name()),
+        Some(iss) => format!("tokenwall-rule\0{}\0{name}\0iss\0{iss}", kind.name()),
+    };
+    token_hash(key, text.as_bytes())
 }
+
+/// Learned JWS header segments kept per signing key: an issuer signs every token of one key
+/// under one header (a few when it changes `typ` or `alg` spelling), so more than this is
+/// not learned (and counted).
+pub const MAX_LEARNED_HEADERS_PER_KEY: usize = 16;
 
 /// Why a checked token was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,8 +91,9 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// A claim of a token's payload read without verifying it (only to pick a JWKS to refetch).
-fn unverified_claim(token: &str, name: &str) -> Option<String> {
+/// A string claim of a token's payload read without verifying it (to pick a JWKS to refetch,
+/// or the jti and issuer of a token an operator revoked).
+pub(crate) fn unverified_claim(token: &str, name: &str) -> Option<String> {
     let payload = token.split('.').nth(1)?;
     if payload.len() > 8192 {
         return None;
@@ -94,21 +104,38 @@ fn unverified_claim(token: &str, name: &str) -> Option<String> {
     v.get(name)?.as_str().map(str::to_string)
 }
 
-/// A JWT's first segment (the whole token when it has no dot).
-fn header_segment(token: &str) -> &str {
-    token.split('.').next().unwrap_or_default()
+/// How the store revokes a token, if it does.
+enum StoreHit {
+    /// By its revocation key or its header segment (a signing key).
+    Revoked(Refusal),
+    /// By the hash of the whole token, as revocations of JWTs were keyed before signing-input
+    /// keying: refused, and its revocation key should be learned so the kernel drops it too.
+    Legacy {
+        /// Unix seconds when the old revocation lapses (0: never).
+        expires_at: u64,
+    },
 }
 
 /// Whether the store revokes the token itself or its header segment (a signing key).
-fn revoked_in_store(inner: &Inner, hash: u64, header_hash: u64) -> Option<Refusal> {
-    if inner.store.get(hash).is_some() {
-        return Some(Refusal::Revoked("token"));
+fn revoked_in_store(inner: &Inner, h: &TokenHashes) -> Option<StoreHit> {
+    if inner.store.get(h.key).is_some() {
+        return Some(StoreHit::Revoked(Refusal::Revoked("token")));
     }
-    inner
+    if inner
         .store
-        .get(header_hash)
+        .get(h.header)
         .is_some_and(|r| r.scope == Scope::SigningKey)
-        .then_some(Refusal::Revoked("signing key"))
+    {
+        return Some(StoreHit::Revoked(Refusal::Revoked("signing key")));
+    }
+    if h.whole != h.key
+        && let Some(r) = inner.store.get(h.whole).filter(|r| r.scope == Scope::Token)
+    {
+        return Some(StoreHit::Legacy {
+            expires_at: r.expires_at,
+        });
+    }
+    None
 }
 
 /// The string claims a rule matches on.
@@ -117,12 +144,12 @@ fn claim<'a>(v: &'a Verified, name: &str) -> &'a str {
 }
 
 impl Service {
-    /// Checks a bearer token: revoked (by hash, header segment or rule), then the cache, then
-    /// full validation. A token a rule covers is learned into the kernel map.
+    /// Checks a bearer token: revoked (by its revocation key, header segment or rule), then the
+    /// cache, then full validation. A token a rule covers is learned into the kernel map.
     pub fn check_token(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
-        let (hash, started) = (token_hash(&self.key, token.as_bytes()), Instant::now());
-        let result = self.check_token_uncounted(token, hash);
-        self.count(hash, started, &result);
+        let (hashes, started) = (TokenHashes::of(&self.key, token), Instant::now());
+        let result = self.check_token_uncounted(token, &hashes);
+        self.count(hashes.key, started, &result);
         result
     }
 
@@ -130,14 +157,15 @@ impl Service {
     /// worker): answers only a revoked token, or a cached one no rule covers, and only when
     /// no lock is held elsewhere. `None` means: call `check_token` on a blocking thread.
     pub fn check_token_now(&self, token: &str) -> Option<Result<Arc<Verified>, Refusal>> {
-        let (hash, started) = (token_hash(&self.key, token.as_bytes()), Instant::now());
-        let header_hash = token_hash(&self.key, header_segment(token).as_bytes());
+        let (hashes, started) = (TokenHashes::of(&self.key, token), Instant::now());
         let result = {
             let (inner, mut cache) = self.try_lock()?;
-            match revoked_in_store(&inner, hash, header_hash) {
-                Some(refusal) => Err(refusal),
+            match revoked_in_store(&inner, &hashes) {
+                Some(StoreHit::Revoked(refusal)) => Err(refusal),
+                // Learning needs the store: the blocking path does it.
+                Some(StoreHit::Legacy { .. }) => return None,
                 None => {
-                    let v = cache.get(hash, now())?;
+                    let v = cache.get(hashes.whole, now())?;
                     if self.covering_rule_in(&inner, &v).is_some() {
                         return None;
                     }
@@ -145,7 +173,7 @@ impl Service {
                 }
             }
         };
-        self.count(hash, started, &result);
+        self.count(hashes.key, started, &result);
         Some(result)
     }
 
@@ -159,74 +187,115 @@ impl Service {
         }
     }
 
-    fn check_token_uncounted(&self, token: &str, hash: u64) -> Result<Arc<Verified>, Refusal> {
-        let header = header_segment(token);
-        let header_hash = token_hash(&self.key, header.as_bytes());
-        if let Some(refusal) = revoked_in_store(&self.lock(), hash, header_hash) {
-            return Err(refusal);
+    fn check_token_uncounted(
+        &self,
+        token: &str,
+        hashes: &TokenHashes,
+    ) -> Result<Arc<Verified>, Refusal> {
+        let hit = revoked_in_store(&self.lock(), hashes);
+        match hit {
+            Some(StoreHit::Revoked(refusal)) => return Err(refusal),
+            Some(StoreHit::Legacy { expires_at }) => {
+                self.learn_token(hashes.key, Some(expires_at).filter(|e| *e != 0), "token");
+                return Err(Refusal::Revoked("token"));
+            }
+            None => {}
         }
         let now = now();
-        let cached = self.cache().get(hash, now);
+        let cached = self.cache().get(hashes.whole, now);
         let v = match cached {
             Some(v) => v,
             None => {
-                let mut result = self.validate_uncached(token, (hash, header_hash), now);
+                let mut result = self.validate_uncached(token, hashes, now);
                 // An unknown kid may be a rotation at a remote issuer: refetch its JWKS once
                 // (rate-limited per URL) and try again.
                 if matches!(result, Err(Rejection::UnknownKey))
                     && let Some(iss) = unverified_claim(token, "iss")
                     && self.refresh_jwks(Some(&iss))
                 {
-                    result = self.validate_uncached(token, (hash, header_hash), now);
+                    result = self.validate_uncached(token, hashes, now);
                 }
                 match result {
                     Ok(v) => {
                         let v = Arc::new(v);
-                        self.cache().insert(hash, v.clone(), now);
+                        self.cache().insert(hashes.whole, v.clone(), now);
                         v
                     }
-                    Err(Rejection::UnknownKey) => {
-                        return Err(self.learn_header(header, header_hash));
-                    }
+                    Err(Rejection::UnknownKey) => return Err(self.learn_header(token, hashes)),
                     Err(r) => return Err(Refusal::Invalid(r)),
                 }
             }
         };
         if let Some(what) = self.covering_rule(&v) {
-            self.cache().remove(hash);
-            let until = v.exp.map(|e| e + JWT_EXP_MARGIN);
-            let reason = format!("learned: covered by a {what} rule");
-            // A kid rule covers every token under this header: learn the header segment.
-            let learned = if what == "kid" {
-                self.revoke_header(header_hash, reason).map(|_| ())
+            self.cache().remove(hashes.whole);
+            if what == "kid" {
+                // A kid rule covers every token under this (verified) header.
+                self.learn_header_of(&v.kid, hashes.header);
             } else {
-                self.revoke(
-                    &TokenRef::Hash(fingerprint(hash)),
-                    until,
-                    Some(reason),
-                    false,
-                )
-                .map(|_| ())
-            };
-            self.metrics
-                .count_revocation(if what == "kid" { "kid" } else { "token" }, "learned");
-            let learned = learned.and_then(|()| {
-                self.record(
-                    "system",
-                    "learned_revoke",
-                    vec![fingerprint(if what == "kid" { header_hash } else { hash })],
-                    &format!("covered by a {what} rule"),
-                )
-            });
-            if let Err(e) = learned {
-                log::warn!(
-                    "learning {} into the kernel failed: {e:#}",
-                    fingerprint(hash)
-                );
+                self.learn_token(hashes.key, v.exp.map(|e| e + JWT_EXP_MARGIN), what);
             }
             return Err(Refusal::Revoked(what));
         }
         Ok(v)
+    }
+
+    /// Records the revocation key of a token a rule or an old revocation covers, so its next
+    /// request stops in the kernel. Failures are logged: the refusal stands either way.
+    fn learn_token(&self, hash: u64, until: Option<u64>, what: &str) {
+        let reason = format!("learned: covered by a {what} rule");
+        let learned = self
+            .revoke(
+                &TokenRef::Hash(fingerprint(hash)),
+                until,
+                Some(reason),
+                false,
+            )
+            .and_then(|_| {
+                self.metrics.count_revocation("token", "learned");
+                self.record(
+                    "system",
+                    "learned_revoke",
+                    vec![fingerprint(hash)],
+                    &format!("covered by a {what} rule"),
+                )
+            });
+        if let Err(e) = learned {
+            log::warn!("learning {} failed: {e:#}", fingerprint(hash));
+        }
+    }
+
+    /// Records a verified token's JWS header segment under a revoked `kid` (at most
+    /// [`MAX_LEARNED_HEADERS_PER_KEY`] per key; more are counted and refused).
+    fn learn_header_of(&self, kid: &str, header_hash: u64) {
+        let allowed = {
+            let mut inner = self.lock();
+            if inner.store.get(header_hash).is_some() {
+                return;
+            }
+            let n = inner.learned_headers.entry(kid.to_string()).or_default();
+            let allowed = *n < MAX_LEARNED_HEADERS_PER_KEY;
+            *n += usize::from(allowed);
+            allowed
+        };
+        if !allowed {
+            self.metrics.learn_refused.inc();
+            log::debug!("not learning another header of key {kid}: its limit is reached");
+            return;
+        }
+        let learned = self
+            .revoke_header(header_hash, format!("learned: signing key {kid}"))
+            .and_then(|_| {
+                self.metrics.count_revocation("kid", "learned");
+                self.record(
+                    "system",
+                    "learned_revoke",
+                    vec![fingerprint(header_hash)],
+                    &format!("header of revoked key {kid}"),
+                )
+            });
+        if let Err(e) = learned {
+            log::warn!("learning a header of key {kid} failed: {e:#}");
+        }
     }
 
     /// Fetches remote JWKS: those due a refresh, or for an unknown kid those of `issuer`.
@@ -251,10 +320,11 @@ impl Service {
     fn validate_uncached(
         &self,
         token: &str,
-        hashes: (u64, u64),
+        hashes: &TokenHashes,
         now: u64,
     ) -> Result<Verified, Rejection> {
-        self.authority().validate(token, hashes, now)
+        self.authority()
+            .validate(token, (hashes.key, hashes.header), now)
     }
 
     /// The kind of the first rule covering a verified token.
@@ -264,11 +334,16 @@ impl Service {
 
     fn covering_rule_in(&self, inner: &Inner, v: &Verified) -> Option<&'static str> {
         let iat = v.claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
+        let iss = claim(v, "iss");
+        // A rule for every issuer, or one scoped to this token's issuer.
         let rule = |kind: RuleKind, name: &str| {
-            (!name.is_empty())
-                .then(|| inner.store.get(rule_hash(&self.key, kind, name)))
-                .flatten()
-                .filter(|r| r.scope == kind.scope())
+            if name.is_empty() {
+                return None;
+            }
+            [None, Some(iss)]
+                .into_iter()
+                .filter_map(|scope| inner.store.get(rule_hash(&self.key, kind, scope, name)))
+                .find(|r| r.scope == kind.scope())
         };
         if rule(RuleKind::Jti, claim(v, "jti")).is_some() {
             return Some("jti");
@@ -287,27 +362,28 @@ impl Service {
         None
     }
 
-    /// A token whose `kid` is unknown: if a kid rule names it, its header segment goes into the
-    /// kernel's header map, so every token under that header is dropped from now on.
-    fn learn_header(&self, header: &str, header_hash: u64) -> Refusal {
-        let kid = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
-            .and_then(|h| h.get("kid").and_then(Value::as_str).map(str::to_string));
-        let Some(kid) = kid else {
-            return Refusal::Invalid(Rejection::UnknownKey);
+    /// A token whose `kid` is not trusted. If it verifies under one of this host's keys that a
+    /// kid rule revoked (kept verify-only for exactly this), its header segment is learned into
+    /// the kernel's header map. Nothing is learned from a token whose signature was not
+    /// verified: a forged header under a revoked `kid` is just an unknown key.
+    fn learn_header(&self, token: &str, hashes: &TokenHashes) -> Refusal {
+        let unknown = Refusal::Invalid(Rejection::UnknownKey);
+        let Some((kid, issuer)) = self.authority().verify_revoked(token, now()) else {
+            return unknown;
         };
-        let ruled = self
-            .lock()
-            .store
-            .get(rule_hash(&self.key, RuleKind::Kid, &kid))
-            .is_some();
+        let ruled = {
+            let inner = self.lock();
+            [None, Some(issuer.as_str())].into_iter().any(|scope| {
+                inner
+                    .store
+                    .get(rule_hash(&self.key, RuleKind::Kid, scope, &kid))
+                    .is_some()
+            })
+        };
         if !ruled {
-            return Refusal::Invalid(Rejection::UnknownKey);
+            return unknown;
         }
-        if let Err(e) = self.revoke_header(header_hash, format!("learned: signing key {kid}")) {
-            log::warn!("learning a header of key {kid} failed: {e:#}");
-        }
+        self.learn_header_of(&kid, hashes.header);
         Refusal::Revoked("signing key")
     }
 
@@ -329,27 +405,36 @@ impl Service {
         let mut inner = self.lock();
         let changed = inner.store.revoke(rev)?;
         let kept = inner.store.get(hash).cloned().context("revocation lost")?;
-        crate::service::apply(&mut inner, &kept)?;
+        self.push_to_kernel(&mut inner, &kept);
         Ok(changed)
     }
 
-    /// Revokes by `jti`, subject, client or signing key: the rule is stored durably, every
-    /// indexed live token it covers is pushed into the kernel map, and later tokens it covers
-    /// are refused and learned. Revoking one of this host's own keys also retires it (a new
-    /// active key is made if needed) and puts its header segment in the kernel's header map.
+    /// Revokes by `jti`, subject, client or signing key, for tokens of `issuer` (`None`: of
+    /// every issuer): the rule is stored durably, every indexed live token it covers is pushed
+    /// into the kernel map, and later tokens it covers are refused and learned. Revoking one of
+    /// this host's own keys also retires it (a new active key is made if needed, the old one
+    /// stays verify-only) and puts its header segment in the kernel's header map; sessions are
+    /// ended when the rule covers this host's own issuer.
     pub fn revoke_by(
         &self,
         kind: RuleKind,
         name: &str,
+        issuer: Option<&str>,
         until: Option<u64>,
         reason: Option<String>,
     ) -> anyhow::Result<Value> {
         if name.is_empty() || name.len() > 1024 || name.chars().any(char::is_control) {
             bail!("a {} must be 1-1024 printable characters", kind.name());
         }
+        if issuer.is_some_and(|i| i.is_empty() || i.len() > 1024 || i.chars().any(char::is_control))
+        {
+            bail!("an issuer must be 1-1024 printable characters");
+        }
         let now = now();
         let reason = reason.unwrap_or_else(|| format!("{} {name}", kind.name()));
-        let hash = rule_hash(&self.key, kind, name);
+        let hash = rule_hash(&self.key, kind, issuer, name);
+        let own_issuer = self.authority().issuer().to_string();
+        let covers_own = issuer.is_none_or(|i| i == own_issuer);
         // Tokens the rule covers now: (token hash, expiry, header-segment hash).
         let covered: Vec<(u64, u64, u64)> = {
             let auth = self.authority();
@@ -357,7 +442,8 @@ impl Service {
                 RuleKind::Jti => auth.index.get(name).into_iter().collect::<Vec<_>>(),
                 _ => auth
                     .index
-                    .values()
+                    .iter()
+                    .map(|(_, ix)| ix)
                     .filter(|ix| match kind {
                         RuleKind::Sub => ix.sub == name,
                         RuleKind::Client => ix.client_id == name,
@@ -366,7 +452,7 @@ impl Service {
                     .collect(),
             }
             .into_iter()
-            .filter(|ix| ix.exp > now)
+            .filter(|ix| ix.exp > now && issuer.is_none_or(|i| ix.iss == i))
             .map(|ix| (ix.hash, ix.exp, ix.header))
             .collect()
         };
@@ -395,7 +481,9 @@ impl Service {
         let mut pushed = 0;
         if kind == RuleKind::Kid {
             // One header-map entry covers every token of the key, seen or not.
-            let own_segment = self.authority().header_segment(name);
+            let own_segment = covers_own
+                .then(|| self.authority().header_segment(name))
+                .flatten();
             if let Some(segment) = own_segment {
                 active_kid = Some(self.authority().retire_key(name, now)?);
                 headers.insert(token_hash(&self.key, segment.as_bytes()));
@@ -405,23 +493,22 @@ impl Service {
                 self.revoke_header(*h, reason.clone())?;
             }
         } else {
-            for (h, exp, _) in &covered {
-                self.revoke(
-                    &TokenRef::Hash(fingerprint(*h)),
-                    Some(exp + JWT_EXP_MARGIN),
-                    Some(reason.clone()),
-                    false,
-                )?;
-                self.cache().remove(*h);
-                pushed += 1;
-            }
+            let batch: Vec<(u64, u64)> = covered
+                .iter()
+                .map(|(h, exp, _)| (*h, exp + JWT_EXP_MARGIN))
+                .collect();
+            pushed = self.revoke_hashes(&batch, &reason)?;
         }
         if kind != RuleKind::Jti {
             // Whole groups may be cached; the rule check runs on every hit anyway, this only
             // frees the memory early.
             self.cache().clear();
         }
-        let families = self.revoke_sessions_by(kind, name, &reason)?;
+        let families = if covers_own {
+            self.revoke_sessions_by(kind, name, &reason)?
+        } else {
+            0
+        };
         self.emit(LifecycleEvent::now(
             EventKind::Revoked,
             None,
@@ -434,6 +521,7 @@ impl Service {
         );
         Ok(json!({
             "kind": kind.name(), "name": name, "fingerprint": fingerprint(hash),
+            "issuer": issuer.unwrap_or("any"),
             "changed": changed, "tokens_pushed": pushed, "sessions_revoked": families,
             "headers_pushed": headers.len(), "active_kid": active_kid,
         }))

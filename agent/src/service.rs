@@ -2,13 +2,14 @@
 //! step. Every handler is synchronous (it fsyncs); the control server runs it off the runtime.
 
 use std::{
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{Mutex, MutexGuard},
 };
 
 use agent_common::{
     config::Action,
-    hash::{HashKey, token_hash},
+    hash::{HashKey, revocation_hash},
     revoked::{FLAG_API_KEY, Reason, RevokedEntry},
 };
 use anyhow::{Context as _, bail};
@@ -60,6 +61,12 @@ pub struct Settings {
 pub(crate) struct Inner {
     pub(crate) store: RevocationStore,
     pub(crate) kernel: Kernel,
+    /// Header segments learned per revoked `kid` since start (bounded, see
+    /// [`crate::rules::MAX_LEARNED_HEADERS_PER_KEY`]).
+    pub(crate) learned_headers: HashMap<String, usize>,
+    /// Stored revocations the kernel map could not take (full): enforced by userspace only,
+    /// retried after every purge.
+    pub(crate) overflow: HashSet<u64>,
 }
 
 /// Shared daemon state.
@@ -141,7 +148,12 @@ impl Service {
         Self {
             key,
             settings,
-            inner: Mutex::new(Inner { store, kernel }),
+            inner: Mutex::new(Inner {
+                store,
+                kernel,
+                learned_headers: HashMap::new(),
+                overflow: HashSet::new(),
+            }),
             authority: Mutex::new(authority),
             refresh: Mutex::new(refresh),
             cache: Mutex::new(VerifiedCache::new(
@@ -194,21 +206,26 @@ impl Service {
         f(&mut self.lock().kernel)
     }
 
-    /// Makes the kernel map equal the store: inserts every live entry, then removes the rest
-    /// (insert first, so nothing revoked is ever missing in between).
+    /// Makes the kernel maps equal the store: inserts every live entry, then removes the rest
+    /// (insert first, so nothing revoked is ever missing in between). Entries a full map cannot
+    /// take are enforced by userspace and reported (`kernel_overflow`); they never stop a start.
     pub fn sync_kernel(&self) -> anyhow::Result<(usize, usize)> {
         let mut inner = self.lock();
-        let Inner { store, kernel } = &mut *inner;
+        let live: Vec<Revocation> = inner
+            .store
+            .entries()
+            .filter(|r| r.scope.in_kernel())
+            .cloned()
+            .collect();
         let mut inserted = 0;
-        for r in store.entries().filter(|r| r.scope.in_kernel()) {
-            match r.scope {
-                Scope::SigningKey => kernel.insert_header(r.hash, kernel_entry(r))?,
-                _ => kernel.insert(r.hash, kernel_entry(r))?,
-            }
-            inserted += 1;
+        for r in &live {
+            inserted += usize::from(self.push_to_kernel(&mut inner, r));
         }
-        let headers = header_count(store);
-        kernel.update_config(|c| c.header_revocations = headers)?;
+        let headers = header_count(&inner.store);
+        inner
+            .kernel
+            .update_config(|c| c.header_revocations = headers)?;
+        let Inner { store, kernel, .. } = &mut *inner;
         let mut removed = 0;
         for h in kernel.revoked_hashes() {
             if store.get(h).is_none_or(|r| r.scope != Scope::Token) {
@@ -223,6 +240,43 @@ impl Service {
             }
         }
         Ok((inserted, removed))
+    }
+
+    /// Puts a stored revocation into its kernel map (rules stay in userspace). A map that
+    /// cannot take it is not an error: the entry stays enforced by userspace (forward-auth is
+    /// authoritative), is remembered as overflow, reported, and retried after every purge.
+    /// Returns whether the kernel holds it.
+    pub(crate) fn push_to_kernel(&self, inner: &mut Inner, r: &Revocation) -> bool {
+        let result = match r.scope {
+            Scope::Token => inner.kernel.insert(r.hash, kernel_entry(r)),
+            Scope::SigningKey => inner
+                .kernel
+                .insert_header(r.hash, kernel_entry(r))
+                .and_then(|()| {
+                    let headers = header_count(&inner.store);
+                    inner
+                        .kernel
+                        .update_config(|c| c.header_revocations = headers)
+                }),
+            Scope::Jti | Scope::Subject | Scope::Client | Scope::Kid => return false,
+        };
+        match result {
+            Ok(()) => {
+                inner.overflow.remove(&r.hash);
+                true
+            }
+            Err(e) => {
+                let first = inner.overflow.is_empty();
+                inner.overflow.insert(r.hash);
+                if first {
+                    log::warn!(
+                        "a kernel map is full ({e:#}): further revocations are enforced by forward-auth only until space frees (raise --max-revoked)"
+                    );
+                    self.alert_kernel_full(inner.overflow.len());
+                }
+                false
+            }
+        }
     }
 
     /// Drops expired entries from the store and the kernel; compacts the log when worthwhile.
@@ -251,12 +305,33 @@ impl Service {
             // Expired entries may be of either scope; removing an absent key is fine.
             inner.kernel.remove(*h)?;
             inner.kernel.remove_header(*h)?;
+            inner.overflow.remove(h);
         }
         if !gone.is_empty() {
             let headers = header_count(&inner.store);
             inner
                 .kernel
                 .update_config(|c| c.header_revocations = headers)?;
+        }
+        // Space may have freed up: retry what the kernel could not take.
+        let waiting: Vec<Revocation> = inner
+            .overflow
+            .iter()
+            .filter_map(|h| inner.store.get(*h).cloned())
+            .collect();
+        let Inner {
+            store, overflow, ..
+        } = &mut *inner;
+        overflow.retain(|h| store.get(*h).is_some());
+        let mut placed = 0;
+        for r in &waiting {
+            placed += usize::from(self.push_to_kernel(&mut inner, r));
+        }
+        if placed > 0 {
+            log::info!(
+                "{placed} revocations moved into the kernel map, {} still wait for space",
+                inner.overflow.len()
+            );
         }
         if inner.store.should_compact() {
             inner.store.compact(now)?;
@@ -281,7 +356,7 @@ impl Service {
                 if tok.bytes().any(|b| b <= 0x20 || b == 0x7f) {
                     bail!("token contains whitespace or control bytes");
                 }
-                Ok(token_hash(&self.key, tok.as_bytes()))
+                Ok(revocation_hash(&self.key, tok.as_bytes()))
             }
             TokenRef::Hash(h) => parse_fingerprint(h),
         }
@@ -374,9 +449,10 @@ impl Service {
             Request::RevokeBy {
                 kind,
                 name,
+                issuer,
                 until,
                 reason,
-            } => self.revoke_by(kind, &name, until, reason),
+            } => self.revoke_by(kind, &name, issuer.as_deref(), until, reason),
             Request::Introspect { token } => self.hash_of(&token).and_then(|_| match &token {
                 TokenRef::Token(t) => Ok(self.introspect(t.trim())),
                 TokenRef::Hash(_) => Err(anyhow::anyhow!("introspection needs the token itself")),
@@ -464,19 +540,21 @@ impl Service {
             api_key,
             scope: Scope::Token,
         };
-        let mut inner = self.lock();
-        let changed = inner
-            .store
-            .revoke(rev)
-            .context("recording the revocation")?;
-        // The store keeps the later expiry when a token is revoked twice; mirror what it kept.
-        let kept = inner
-            .store
-            .get(hash)
-            .cloned()
-            .context("revocation missing after recording it")?;
-        apply(&mut inner, &kept)
-            .context("the revocation is recorded durably, but updating the kernel map failed")?;
+        let (changed, kept, in_kernel) = {
+            let mut inner = self.lock();
+            let changed = inner
+                .store
+                .revoke(rev)
+                .context("recording the revocation")?;
+            // The store keeps the later expiry when a token is revoked twice; mirror what it kept.
+            let kept = inner
+                .store
+                .get(hash)
+                .cloned()
+                .context("revocation missing after recording it")?;
+            let in_kernel = self.push_to_kernel(&mut inner, &kept);
+            (changed, kept, in_kernel)
+        };
         self.metrics
             .revocation_to_kernel_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -485,19 +563,104 @@ impl Service {
             Some(fingerprint(hash)),
             kept.reason.clone(),
         ));
-        let in_kernel = inner.kernel.contains(hash);
         log::info!(
-            "revoked {} until {} ({})",
+            "revoked {} until {} ({}){}",
             fingerprint(hash),
             kept.expires_at,
-            kept.reason
+            kept.reason,
+            if in_kernel {
+                ""
+            } else {
+                "; not in the kernel map (full)"
+            }
         );
+        // A JWT's jti is revoked too (for its issuer): the same claims signed again, by the
+        // issuer or under another of its keys, are refused and learned on first sight.
+        let jti_rule = match token {
+            TokenRef::Token(t) => self.revoke_jti_of(t.trim(), kept.expires_at, &kept.reason)?,
+            TokenRef::Hash(_) => None,
+        };
         Ok(serde_json::to_value(RevokeReply {
             fingerprint: fingerprint(hash),
             changed,
             expires_at: kept.expires_at,
             in_kernel,
+            jti_rule,
         })?)
+    }
+
+    /// Records a jti rule (scoped to the token's issuer) for a revoked JWT that has a `jti`;
+    /// returns the jti. Claims are read without verification: the caller named this token.
+    fn revoke_jti_of(
+        &self,
+        token: &str,
+        expires_at: u64,
+        reason: &str,
+    ) -> anyhow::Result<Option<String>> {
+        if agent_common::hash::revocation_key_len(token.as_bytes()) == token.len() {
+            return Ok(None);
+        }
+        let Some(jti) = crate::rules::unverified_claim(token, "jti") else {
+            return Ok(None);
+        };
+        let issuer = crate::rules::unverified_claim(token, "iss");
+        self.revoke_by(
+            crate::rules::RuleKind::Jti,
+            &jti,
+            issuer.as_deref(),
+            Some(expires_at).filter(|e| *e != 0),
+            Some(format!("jti of a revoked token: {reason}")),
+        )
+        .context("the token is revoked, but recording its jti rule failed")?;
+        Ok(Some(jti))
+    }
+
+    /// Revokes many token hashes (each until its own expiry): every one is recorded in the
+    /// store first, then all go to the kernel, so one failure never leaves the rest unrecorded.
+    /// Returns how many were recorded.
+    pub(crate) fn revoke_hashes(
+        &self,
+        batch: &[(u64, u64)],
+        reason: &str,
+    ) -> anyhow::Result<usize> {
+        let now = now();
+        let mut inner = self.lock();
+        let mut recorded = Vec::with_capacity(batch.len());
+        for &(hash, until) in batch.iter().filter(|(_, until)| *until > now) {
+            inner
+                .store
+                .revoke(Revocation {
+                    hash,
+                    expires_at: until,
+                    reason: reason.to_string(),
+                    revoked_at: now,
+                    api_key: false,
+                    scope: Scope::Token,
+                })
+                .with_context(|| {
+                    format!(
+                        "recording revocation {} of {} ({} recorded before it)",
+                        recorded.len() + 1,
+                        batch.len(),
+                        recorded.len()
+                    )
+                })?;
+            recorded.push(hash);
+        }
+        for hash in &recorded {
+            if let Some(kept) = inner.store.get(*hash).cloned() {
+                self.push_to_kernel(&mut inner, &kept);
+            }
+        }
+        drop(inner);
+        for hash in &recorded {
+            self.emit(LifecycleEvent::now(
+                EventKind::Revoked,
+                Some(fingerprint(*hash)),
+                reason,
+            ));
+        }
+        Ok(recorded.len())
     }
 
     fn unrevoke(
@@ -529,6 +692,7 @@ impl Service {
             changed,
             expires_at: 0,
             in_kernel,
+            jti_rule: None,
         })?)
     }
 
@@ -556,6 +720,7 @@ impl Service {
             counters,
             revoked_entries: inner.store.len(),
             kernel_entries: inner.kernel.revoked_hashes().len(),
+            kernel_overflow: inner.overflow.len(),
             store_bytes: inner.store.log_bytes(),
             state_dir: self.settings.state_dir.display().to_string(),
             bpffs: self.settings.bpffs.display().to_string(),
@@ -571,22 +736,6 @@ impl Service {
         }
         kernel::remove_pins_if_unused(&self.settings.bpffs)?;
         Ok(serde_json::json!({ "iface": iface, "removed": removed }))
-    }
-}
-
-/// Puts a stored revocation into the right kernel map (and announces header revocations);
-/// rules stay in userspace.
-pub(crate) fn apply(inner: &mut Inner, r: &Revocation) -> anyhow::Result<()> {
-    match r.scope {
-        Scope::Token => inner.kernel.insert(r.hash, kernel_entry(r)),
-        Scope::SigningKey => {
-            inner.kernel.insert_header(r.hash, kernel_entry(r))?;
-            let headers = header_count(&inner.store);
-            inner
-                .kernel
-                .update_config(|c| c.header_revocations = headers)
-        }
-        Scope::Jti | Scope::Subject | Scope::Client | Scope::Kid => Ok(()),
     }
 }
 

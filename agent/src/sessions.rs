@@ -4,18 +4,20 @@
 //! Reuse of a retired refresh token ends the whole family and revokes its access tokens, into
 //! the kernel map too.
 
-use agent_common::hash::token_hash;
+use agent_common::hash::revocation_hash;
 use serde_json::{Value, json};
 
 use crate::{
-    api::TokenRef,
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent},
     metrics::KidLabel,
     oauth::{ClientAuth, OAuthError},
     rules::{RuleKind, rule_hash},
     service::Service,
-    tokens::refresh::{Family, Rotation},
+    tokens::{
+        authority::Issued,
+        refresh::{Family, RefreshStore, Rotation},
+    },
     until::{JWT_EXP_MARGIN, now},
 };
 
@@ -116,14 +118,14 @@ impl Service {
                 format!("scope {bad} not grantable by this client"),
             ));
         }
+        let mut refresh = self.refresh();
         if let Some(claims) = body.get("claims") {
             check_claims(claims)?;
-            self.refresh()
+            refresh
                 .set_claims(sub, claims.clone())
                 .map_err(server_error)?;
         }
-        let (family_id, refresh_token) = self
-            .refresh()
+        let (family_id, refresh_token) = refresh
             .create(
                 sub,
                 &client_id,
@@ -133,7 +135,9 @@ impl Service {
             )
             .map_err(server_error)?;
         log::info!("session opened for a subject by client {client_id} (family {family_id})");
-        self.issue_in_family(&family_id, &client_id, sub, &scopes, refresh_token, "issue")
+        let issued = self.issue_in_family(&mut refresh, &family_id, &client_id, sub, &scopes)?;
+        drop(refresh);
+        self.report_issued(&family_id, &client_id, issued, refresh_token, "issue")
     }
 
     /// `PUT /v1/sessions/{sub}/claims`: replaces the extra claims of later tokens for `sub`.
@@ -150,23 +154,24 @@ impl Service {
             .map_err(server_error)
     }
 
-    /// Issues an access token in a family and records it there.
+    /// Issues an access token in a family and records it there, in the caller's critical
+    /// section on the refresh store: a concurrent reuse that ends the family finds the token
+    /// in it and revokes it with the rest.
     fn issue_in_family(
         &self,
+        refresh: &mut RefreshStore,
         family_id: &str,
         client_id: &str,
         sub: &str,
         scopes: &[String],
-        refresh_token: String,
-        action: &str,
-    ) -> Result<Value, OAuthError> {
+    ) -> Result<Issued, OAuthError> {
         let key = self.key;
-        let extra = self.refresh().claims(sub);
+        let extra = refresh.claims(sub);
         let now = now();
         let issued = self
             .authority()
             .issue(
-                |t| token_hash(&key, t.as_bytes()),
+                |t| revocation_hash(&key, t.as_bytes()),
                 client_id,
                 sub,
                 scopes,
@@ -174,7 +179,25 @@ impl Service {
                 now,
             )
             .map_err(server_error)?;
-        let hash = token_hash(&key, issued.token.as_bytes());
+        let hash = revocation_hash(&key, issued.token.as_bytes());
+        refresh
+            .record_access(family_id, hash, issued.exp, now)
+            .map_err(server_error)?;
+        Ok(issued)
+    }
+
+    /// Reports an access token issued in a family (metrics, event, audit record) and builds
+    /// the token response.
+    fn report_issued(
+        &self,
+        family_id: &str,
+        client_id: &str,
+        issued: Issued,
+        refresh_token: String,
+        action: &str,
+    ) -> Result<Value, OAuthError> {
+        let now = now();
+        let hash = revocation_hash(&self.key, issued.token.as_bytes());
         self.metrics
             .issued
             .get_or_create(&KidLabel {
@@ -193,9 +216,6 @@ impl Service {
             LifecycleEvent::now(kind, Some(fingerprint(hash)), format!("family {family_id}"))
                 .with_jti(&issued.jti),
         );
-        self.refresh()
-            .record_access(family_id, hash, issued.exp, now)
-            .map_err(server_error)?;
         self.record(
             &format!("client:{client_id}"),
             action,
@@ -226,18 +246,22 @@ impl Service {
             .find(|(n, _)| n == "refresh_token")
             .map(|(_, v)| v.as_str())
             .ok_or_else(|| OAuthError::new(400, "invalid_request", "refresh_token missing"))?;
+        // The refresh store stays locked from the rotation to the recording of the new access
+        // token: two parallel refreshes of one token are one rotation and one reuse, and the
+        // reuse always finds (and revokes) the token the rotation issued.
+        let mut refresh = self.refresh();
         // A token of another client is not rotated (and not treated as reuse either).
-        match self.refresh().family_of(token) {
+        match refresh.family_of(token) {
             Some((_, f)) if f.client_id == client_id => {}
             _ => return Err(invalid("refresh token unknown, expired or revoked")),
         }
-        let rotation = self
-            .refresh()
+        let rotation = refresh
             .rotate(token, now(), self.settings().refresh_grace)
             .map_err(server_error)?;
         match rotation {
             Rotation::Unknown => Err(invalid("refresh token unknown, expired or revoked")),
             Rotation::Reused { family_id, family } => {
+                drop(refresh);
                 log::warn!("refresh-token reuse detected: family {family_id} revoked");
                 self.metrics.reuse_detected.inc();
                 self.emit(LifecycleEvent::now(
@@ -246,6 +270,8 @@ impl Service {
                     format!("family {family_id} revoked"),
                 ));
                 self.metrics.count_revocation("family", "reuse");
+                self.revoke_family_access(&family, "refresh token reuse")
+                    .map_err(server_error)?;
                 self.record(
                     &format!("client:{client_id}"),
                     "reuse_detected",
@@ -253,8 +279,6 @@ impl Service {
                     "retired refresh token presented",
                 )
                 .map_err(server_error)?;
-                self.revoke_family_access(&family, "refresh token reuse")
-                    .map_err(server_error)?;
                 Err(invalid("refresh token reused; the session is revoked"))
             }
             Rotation::Rotated {
@@ -263,7 +287,8 @@ impl Service {
                 refresh_token,
             } => {
                 if let Some(what) = self.session_rule(&family) {
-                    self.refresh().end(&family_id).map_err(server_error)?;
+                    refresh.end(&family_id).map_err(server_error)?;
+                    drop(refresh);
                     self.metrics.count_revocation("family", "session_end");
                     self.revoke_family_access(&family, what)
                         .map_err(server_error)?;
@@ -285,20 +310,22 @@ impl Service {
                     }
                     None => family.scopes.clone(),
                 };
-                self.issue_in_family(
+                let issued = self.issue_in_family(
+                    &mut refresh,
                     &family_id,
                     client_id,
                     &family.sub,
                     &scopes,
-                    refresh_token,
-                    "renew",
-                )
+                )?;
+                drop(refresh);
+                self.report_issued(&family_id, client_id, issued, refresh_token, "renew")
             }
         }
     }
 
     /// A sub or client rule made after the session began.
     fn session_rule(&self, f: &Family) -> Option<&'static str> {
+        let issuer = self.authority().issuer().to_string();
         let inner = self.lock();
         [
             (RuleKind::Sub, f.sub.as_str()),
@@ -306,29 +333,25 @@ impl Service {
         ]
         .into_iter()
         .find(|(k, name)| {
-            inner
-                .store
-                .get(rule_hash(&self.key, *k, name))
-                .is_some_and(|r| r.revoked_at >= f.created_at)
+            [None, Some(issuer.as_str())].into_iter().any(|scope| {
+                inner
+                    .store
+                    .get(rule_hash(&self.key, *k, scope, name))
+                    .is_some_and(|r| r.revoked_at >= f.created_at)
+            })
         })
         .map(|(k, _)| k.name())
     }
 
-    /// Revokes every live access token of an ended family (store and kernel).
+    /// Revokes every live access token of an ended family: all are recorded in the store
+    /// first, then pushed to the kernel.
     fn revoke_family_access(&self, f: &Family, why: &str) -> anyhow::Result<usize> {
-        let now = now();
-        let mut n = 0;
-        for (hash, exp) in f.access.iter().filter(|(_, e)| *e > now) {
-            self.revoke(
-                &TokenRef::Hash(fingerprint(*hash)),
-                Some(exp + JWT_EXP_MARGIN),
-                Some(format!("family revoked: {why}")),
-                false,
-            )?;
-            self.cache().remove(*hash);
-            n += 1;
-        }
-        Ok(n)
+        let batch: Vec<(u64, u64)> = f
+            .access
+            .iter()
+            .map(|(hash, exp)| (*hash, exp + JWT_EXP_MARGIN))
+            .collect();
+        self.revoke_hashes(&batch, &format!("family revoked: {why}"))
     }
 
     /// RFC 7009 for a refresh token: ends its family if `client_id` owns it. Returns whether

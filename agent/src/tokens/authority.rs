@@ -3,7 +3,7 @@
 //! state directory, mode 0600, replaced atomically on every change.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
@@ -12,6 +12,8 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use super::index::Indexed;
+use super::index::TokenIndex;
 use super::jwks::RemoteJwks;
 use super::keys::{ExternalKey, KeySource};
 use super::private_file::{self, random_b64, sha256_b64};
@@ -61,6 +63,11 @@ struct Persisted {
     /// Own keys that no longer verify, oldest first (at most [`MAX_RETIRED`]).
     #[serde(default)]
     retired: Vec<RetiredKey>,
+    /// Own keys revoked by a kid rule, kept verify-only until every token they signed has
+    /// expired: a token that verifies under one is known to be genuine, so its header segment
+    /// may be learned into the kernel. Nothing is learned from unverified tokens.
+    #[serde(default)]
+    revoked_keys: Vec<StoredKey>,
 }
 
 /// An own signing key that no longer verifies: its grace ran out, or it was removed.
@@ -90,25 +97,6 @@ pub struct Issued {
     pub kid: String,
 }
 
-/// What is known about a token by `jti` (indexed at issue time, or when first validated).
-#[derive(Clone, Debug)]
-pub struct Indexed {
-    /// Keyed hash of the token.
-    pub hash: u64,
-    /// Subject.
-    pub sub: String,
-    /// Client.
-    pub client_id: String,
-    /// Expiry.
-    pub exp: u64,
-    /// Issued at (0 when the token had no `iat`).
-    pub iat: u64,
-    /// The key that signed it.
-    pub kid: String,
-    /// Keyed hash of its JWS header segment (what a kid revocation puts in the kernel).
-    pub header: u64,
-}
-
 /// Issuer settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -131,8 +119,8 @@ pub struct Authority {
     state: Persisted,
     keys: KeySet,
     policy: Policy,
-    /// `jti` -> token facts.
-    pub index: HashMap<String, Indexed>,
+    /// Live tokens by `jti` (bounded).
+    pub index: TokenIndex,
     /// Remote JWKS sources with their last good sets.
     remote: Vec<RemoteJwks>,
 }
@@ -149,7 +137,7 @@ impl Authority {
             state,
             keys: KeySet::default(),
             policy: Policy::default(),
-            index: HashMap::new(),
+            index: TokenIndex::default(),
             remote: Vec::new(),
         };
         a.remote = a
@@ -175,14 +163,7 @@ impl Authority {
     fn rebuild_keyset(&mut self) -> anyhow::Result<()> {
         let mut ks = KeySet::default();
         for k in &self.state.keys {
-            ks.insert(TrustedKey {
-                kid: k.kid.clone(),
-                alg: k.alg.jwt(),
-                key: k.alg.decoding_key(&signing::pkcs8(&k.pkcs8)?)?,
-                issuer: self.settings.issuer.clone(),
-                audiences: vec![self.settings.audience.clone()],
-                typ: Some("at+jwt".into()),
-            });
+            ks.insert(self.own_trusted(k)?);
         }
         for e in &self.state.external {
             for k in e.keys()? {
@@ -238,6 +219,13 @@ impl Authority {
             .filter(|k| k.retired_at.is_some_and(|r| now >= r + grace))
             .map(|k| k.kid.clone())
             .collect();
+        let revoked_before = self.state.revoked_keys.len();
+        self.state
+            .revoked_keys
+            .retain(|k| k.retired_at.is_none_or(|r| now < r + grace));
+        if self.state.revoked_keys.len() != revoked_before && gone.is_empty() {
+            self.save()?;
+        }
         if !gone.is_empty() {
             self.state.keys.retain(|k| !gone.contains(&k.kid));
             for kid in &gone {
@@ -249,20 +237,52 @@ impl Authority {
         Ok(gone)
     }
 
-    /// Stops trusting and publishing `kid`; if it was the active key, a new one is made first.
-    /// Returns the active key id afterwards.
+    /// Stops trusting and publishing `kid` (a kid rule revoked it); if it was the active key, a
+    /// new one is made first. The key stays verify-only (see [`Authority::verify_revoked`])
+    /// until every token it signed has expired. Returns the active key id afterwards.
     pub fn retire_key(&mut self, kid: &str, now: u64) -> anyhow::Result<String> {
-        if !self.state.keys.iter().any(|k| k.kid == kid) {
+        let Some(stored) = self.state.keys.iter().find(|k| k.kid == kid).cloned() else {
             bail!("no signing key {kid} (see the JWKS)");
-        }
+        };
         if self.active()?.kid == kid {
             self.rotate_key(now.max(self.active()?.created_at + 1))?;
         }
         self.state.keys.retain(|k| k.kid != kid);
+        self.state.revoked_keys.push(StoredKey {
+            retired_at: Some(now),
+            ..stored
+        });
         self.remember_retired(kid, now);
         self.save()?;
         self.rebuild_keyset()?;
         self.active_kid()
+    }
+
+    /// Verifies `token` under the own keys a kid rule revoked (verify-only, see
+    /// [`Authority::retire_key`]), with every other rule of validation. Returns the key id and
+    /// this host's issuer when it verifies: the token is genuine, and its key revoked.
+    pub fn verify_revoked(&self, token: &str, now: u64) -> Option<(String, String)> {
+        if self.state.revoked_keys.is_empty() {
+            return None;
+        }
+        let mut ks = KeySet::default();
+        for k in &self.state.revoked_keys {
+            ks.insert(self.own_trusted(k).ok()?);
+        }
+        let v = validate(token, &ks, &self.policy, now).ok()?;
+        Some((v.kid, self.settings.issuer.clone()))
+    }
+
+    /// How one of this host's keys verifies.
+    fn own_trusted(&self, k: &StoredKey) -> anyhow::Result<TrustedKey> {
+        Ok(TrustedKey {
+            kid: k.kid.clone(),
+            alg: k.alg.jwt(),
+            key: k.alg.decoding_key(&signing::pkcs8(&k.pkcs8)?)?,
+            issuer: self.settings.issuer.clone(),
+            audiences: vec![self.settings.audience.clone()],
+            typ: Some("at+jwt".into()),
+        })
     }
 
     fn remember_retired(&mut self, kid: &str, now: u64) {
@@ -278,7 +298,12 @@ impl Authority {
 
     /// Forgets indexed tokens that have expired.
     pub fn prune_index(&mut self, now: u64) {
-        self.index.retain(|_, ix| ix.exp > now);
+        self.index.prune(now);
+    }
+
+    /// `iss` of the tokens this authority issues.
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
     }
 
     /// Whether `kid` is one of this authority's own signing keys.
@@ -423,9 +448,10 @@ impl Authority {
             &key.alg.encoding_key(&signing::pkcs8(&key.pkcs8)?),
         )?;
         self.index.insert(
-            jti.clone(),
+            &jti,
             Indexed {
                 hash: hash_of(&token),
+                iss: self.settings.issuer.clone(),
                 sub: sub.into(),
                 client_id: client_id.into(),
                 exp,
@@ -453,17 +479,19 @@ impl Authority {
     ) -> Result<Verified, Rejection> {
         let v = validate(token, &self.keys, &self.policy, now)?;
         if let Some(jti) = v.claim_str("jti") {
-            self.index
-                .entry(jti.to_string())
-                .or_insert_with(|| Indexed {
+            self.index.insert(
+                jti,
+                Indexed {
                     hash,
+                    iss: v.claim_str("iss").unwrap_or_default().into(),
                     sub: v.claim_str("sub").unwrap_or_default().into(),
                     client_id: v.claim_str("client_id").unwrap_or_default().into(),
                     exp: v.exp.unwrap_or(0),
                     iat: v.claims.get("iat").and_then(Value::as_u64).unwrap_or(0),
                     kid: v.kid.clone(),
                     header,
-                });
+                },
+            );
         }
         Ok(v)
     }

@@ -2,6 +2,7 @@
 
 pub mod authority;
 pub mod cache;
+pub mod index;
 pub mod jwks;
 pub mod keys;
 pub mod private_file;

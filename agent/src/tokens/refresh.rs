@@ -37,6 +37,9 @@ pub struct Family {
     current: String,
     /// SHA-256 of retired refresh tokens, with when they were retired.
     retired: Vec<(String, u64)>,
+    /// Retired refresh tokens that already used their one rotation inside the grace window.
+    #[serde(default)]
+    graced: Vec<String>,
     /// Keyed hashes and expiries of access tokens issued in this family.
     pub access: Vec<(u64, u64)>,
 }
@@ -126,6 +129,7 @@ impl RefreshStore {
             expires_at: now.saturating_add(ttl),
             current: sha256_b64(&token),
             retired: Vec::new(),
+            graced: Vec::new(),
             access: Vec::new(),
         };
         self.by_token.insert(family.current.clone(), id.clone());
@@ -141,7 +145,10 @@ impl RefreshStore {
     }
 
     /// Presents a refresh token at `now`: rotates it, or detects reuse of a retired one.
-    /// Within `grace` seconds of its retirement a retired token still rotates (a lost response).
+    /// Within `grace` seconds of its retirement a retired token still rotates once (a lost
+    /// response); a second presentation is reuse. Callers that issue an access token for the
+    /// rotation record it with [`RefreshStore::record_access`] while still holding the store
+    /// (one critical section), so a concurrent reuse always finds it in the family.
     pub fn rotate(
         &mut self,
         refresh_token: &str,
@@ -159,12 +166,15 @@ impl RefreshStore {
             self.end(&id)?;
             return Ok(Rotation::Unknown);
         }
-        let live = family.current == presented
-            || family
+        // A retired token rotates once more inside the grace window (its response was lost),
+        // never twice.
+        let graced = family.current != presented
+            && !family.graced.contains(&presented)
+            && family
                 .retired
                 .iter()
                 .any(|(h, at)| *h == presented && grace > 0 && now.saturating_sub(*at) <= grace);
-        if !live {
+        if family.current != presented && !graced {
             let family = self.end(&id)?.context("family vanished")?;
             return Ok(Rotation::Reused {
                 family_id: id,
@@ -174,10 +184,14 @@ impl RefreshStore {
         let token = format!("{REFRESH_PREFIX}{}", random_b64(32)?);
         let new = sha256_b64(&token);
         let old = std::mem::replace(&mut family.current, new.clone());
+        if graced {
+            family.graced.push(presented);
+        }
         family.retired.retain(|(h, _)| *h != old);
         family.retired.push((old, now));
         if family.retired.len() > MAX_RETIRED {
             let (gone, _) = family.retired.remove(0);
+            family.graced.retain(|g| *g != gone);
             self.by_token.remove(&gone);
         }
         let family = family.clone();

@@ -316,3 +316,6 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod malleability;
