@@ -199,12 +199,17 @@ const BACKOFF: [Duration; 3] = [
     Duration::from_secs(2),
 ];
 
+/// How long one delivery attempt may take.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Webhook {
-    /// Starts the delivery task for `url` with a queue of `capacity` alerts. `delivered` and
-    /// `failed` are called per alert (for metrics).
+    /// Starts the delivery task for `url` with a queue of `capacity` alerts, each attempt
+    /// bounded by `timeout`. `on_result` is called per alert with whether it was delivered
+    /// (for metrics). The task holds at most one alert outside the queue, the one it delivers.
     pub fn start(
         url: String,
         capacity: usize,
+        timeout: Duration,
         on_result: impl Fn(bool) + Send + Sync + 'static,
     ) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Alert>(capacity.max(1));
@@ -214,7 +219,7 @@ impl Webhook {
                 let mut ok = false;
                 for (attempt, wait) in BACKOFF.iter().enumerate() {
                     let (u, a) = (url.clone(), alert.clone());
-                    let sent = tokio::task::spawn_blocking(move || post(&u, &a)).await;
+                    let sent = tokio::task::spawn_blocking(move || post(&u, &a, timeout)).await;
                     if matches!(sent, Ok(Ok(()))) {
                         ok = true;
                         break;
@@ -247,9 +252,9 @@ impl Webhook {
     }
 }
 
-fn post(url: &str, alert: &Alert) -> anyhow::Result<()> {
+fn post(url: &str, alert: &Alert, timeout: Duration) -> anyhow::Result<()> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
+        .timeout_global(Some(timeout))
         .build()
         .into();
     agent
@@ -262,6 +267,55 @@ fn post(url: &str, alert: &Alert) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver that accepts one connection and answers nothing until released: the
+    /// webhook's task is then provably busy with one alert, and the queue's bound is exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_drops_the_newest_alert_and_never_blocks() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (accepted, on_accept) = std::sync::mpsc::channel::<()>();
+        let receiver = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            accepted.send(()).unwrap();
+            released.recv().unwrap();
+            use std::io::{Read as _, Write as _};
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        });
+        let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = results.clone();
+        let hook = Webhook::start(url, 2, Duration::from_secs(60), move |ok| {
+            seen.lock().unwrap().push(ok)
+        });
+        let alert = |i: u32| Alert::now("token_theft", None, format!("alert {i}"));
+        assert!(hook.offer(alert(0)));
+        tokio::task::spawn_blocking(move || on_accept.recv().unwrap())
+            .await
+            .unwrap();
+        // The task holds alert 0 (its receiver is silent); the queue takes two more.
+        assert!(hook.offer(alert(1)));
+        assert!(hook.offer(alert(2)));
+        assert_eq!(hook.queued(), 2);
+        assert!(!hook.offer(alert(3)), "a full queue drops the newest alert");
+        release.send(()).unwrap();
+        receiver.join().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while results.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "alert 0 never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            results.lock().unwrap()[0],
+            true,
+            "the held alert was delivered"
+        );
+    }
 
     fn hit(fp: &str, src: &str) -> LifecycleEvent {
         let mut e = LifecycleEvent::now(EventKind::KernelHit, Some(fp.into()), "drop");

@@ -170,7 +170,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     });
     let webhook = args.alert_webhook.clone().map(|url| {
         let deliveries = metrics.alert_deliveries.clone();
-        Webhook::start(url, args.alert_queue.unwrap_or(256), move |ok| {
+        let timeout = crate::alerts::DELIVERY_TIMEOUT;
+        Webhook::start(url, args.alert_queue.unwrap_or(256), timeout, move |ok| {
             let result = if ok { "delivered" } else { "failed" };
             deliveries
                 .get_or_create(&ResultLabel {
