@@ -310,11 +310,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(
-            results.lock().unwrap()[0],
-            true,
-            "the held alert was delivered"
-        );
+        assert!(results.lock().unwrap()[0], "the held alert was delivered");
     }
 
     fn hit(fp: &str, src: &str) -> LifecycleEvent {
