@@ -1,13 +1,18 @@
-//! Client commands: talk to the daemon over the control socket and print the result.
+//! Client commands: one typed control call each, printed as text or, with `--json`, as the
+//! reply itself.
 
 use std::io::Read as _;
 
 use anyhow::{Context as _, bail};
+use serde::Serialize;
 
 use crate::{
-    api::{Request, RevokeReply, StatusReply, TokenRef},
     cli::{ClientArgs, DetachArgs, TokenArgs},
-    control, kernel,
+    control::{
+        client::{ControlError, call, stream},
+        protocol::{self as p, Request, TokenRef},
+    },
+    kernel,
     service::MAX_TOKEN_BYTES,
     until::{now, parse_until},
 };
@@ -24,7 +29,7 @@ pub fn token_ref(which: &TokenArgs) -> anyhow::Result<TokenRef> {
     } else if let Some(path) = &which.token_file {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     } else if let Some(hash) = &which.hash {
-        return Ok(TokenRef::Hash(hash.clone()));
+        return Ok(TokenRef::Hash(hash.parse()?));
     } else if let Some((kind, _)) = which.rule() {
         bail!("--{} works with revoke only", kind.name());
     } else {
@@ -43,11 +48,15 @@ pub fn token_ref(which: &TokenArgs) -> anyhow::Result<TokenRef> {
     Ok(TokenRef::Token(tok.to_string()))
 }
 
-fn print(args: &ClientArgs, data: &serde_json::Value, text: impl FnOnce() -> String) {
+/// Prints a reply: itself as JSON with `--json`, else `text`.
+fn print<T: Serialize>(args: &ClientArgs, reply: &T, text: impl FnOnce(&T) -> String) {
     if args.json {
-        println!("{data}");
+        match serde_json::to_string(reply) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("tokenwall: encoding the reply: {e}"),
+        }
     } else {
-        println!("{}", text());
+        println!("{}", text(reply));
     }
 }
 
@@ -58,23 +67,25 @@ pub async fn revoke(args: crate::cli::RevokeArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|u| parse_until(u, now()))
         .transpose()?;
+    let socket = &args.client.control_socket;
     if let Some((kind, name)) = args.which.rule() {
-        let req = Request::RevokeBy {
+        let cmd = p::RevokeBy {
             kind,
             name: name.to_string(),
             issuer: args.issuer.clone(),
             until,
             reason: args.reason.clone(),
         };
-        let data = control::call(&args.client.control_socket, &req).await?;
-        print(&args.client, &data, || {
+        let r = call(socket, cmd).await?;
+        print(&args.client, &r, |r| {
             format!(
-                "revoked {} {name} of issuer {}: rule {}, {} live tokens pushed to the kernel, {} sessions ended",
-                kind.name(),
-                data["issuer"].as_str().unwrap_or("?"),
-                data["fingerprint"].as_str().unwrap_or("?"),
-                data["tokens_pushed"],
-                data["sessions_revoked"]
+                "revoked {} {} of issuer {}: rule {}, {} live tokens pushed to the kernel, {} sessions ended",
+                r.kind.name(),
+                r.name,
+                r.issuer,
+                r.fingerprint,
+                r.tokens_pushed,
+                r.sessions_revoked
             )
         });
         return Ok(());
@@ -82,15 +93,14 @@ pub async fn revoke(args: crate::cli::RevokeArgs) -> anyhow::Result<()> {
     if args.issuer.is_some() {
         bail!("--issuer works with --jti, --sub, --client or --kid");
     }
-    let req = Request::Revoke {
+    let cmd = p::Revoke {
         token: token_ref(&args.which)?,
         until,
         reason: args.reason.clone(),
         api_key: args.api_key,
     };
-    let data = control::call(&args.client.control_socket, &req).await?;
-    let r: RevokeReply = serde_json::from_value(data.clone())?;
-    print(&args.client, &data, || {
+    let r = call(socket, cmd).await?;
+    print(&args.client, &r, |r| {
         format!(
             "revoked {}{} (until {}; in kernel: {}{}){}",
             r.fingerprint,
@@ -113,13 +123,12 @@ pub async fn revoke(args: crate::cli::RevokeArgs) -> anyhow::Result<()> {
 
 /// `tokenwall unrevoke`.
 pub async fn unrevoke(args: crate::cli::UnrevokeArgs) -> anyhow::Result<()> {
-    let req = Request::Unrevoke {
+    let cmd = p::Unrevoke {
         token: token_ref(&args.which)?,
         reason: args.reason.clone(),
     };
-    let data = control::call(&args.client.control_socket, &req).await?;
-    let r: RevokeReply = serde_json::from_value(data.clone())?;
-    print(&args.client, &data, || {
+    let r = call(&args.client.control_socket, cmd).await?;
+    print(&args.client, &r, |r| {
         format!(
             "unrevoked {}{}",
             r.fingerprint,
@@ -131,13 +140,11 @@ pub async fn unrevoke(args: crate::cli::UnrevokeArgs) -> anyhow::Result<()> {
 
 /// `tokenwall fingerprint`.
 pub async fn fingerprint(args: crate::cli::FingerprintArgs) -> anyhow::Result<()> {
-    let req = Request::Fingerprint {
+    let cmd = p::Fingerprint {
         token: token_ref(&args.which)?,
     };
-    let data = control::call(&args.client.control_socket, &req).await?;
-    print(&args.client, &data, || {
-        data["fingerprint"].as_str().unwrap_or_default().to_string()
-    });
+    let r = call(&args.client.control_socket, cmd).await?;
+    print(&args.client, &r, |r| r.fingerprint.to_string());
     Ok(())
 }
 
@@ -152,9 +159,8 @@ fn until_text(t: u64) -> String {
 
 /// `tokenwall status`.
 pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
-    let data = control::call(&args.control_socket, &Request::Status).await?;
-    let s: StatusReply = serde_json::from_value(data.clone())?;
-    print(&args, &data, || {
+    let s = call(&args.control_socket, p::Status {}).await?;
+    print(&args, &s, |s| {
         let mut out = format!("tokenwall {}\n", s.version);
         if s.attachments.is_empty() {
             out.push_str("attached:   (nothing)\n");
@@ -167,38 +173,39 @@ pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
             s.action, s.ports
         ));
         out.push_str(&format!(
-            "revoked:    {} in store ({} bytes), {} in kernel\n",
-            s.revoked_entries, s.store_bytes, s.kernel_entries
+            "revoked:    {} in store ({} bytes), {} in kernel{}\n",
+            s.revoked_entries,
+            s.store_bytes,
+            s.kernel_entries,
+            if s.kernel_overflow > 0 {
+                format!(
+                    ", {} did not fit (kernel map full: forward-auth enforces them)",
+                    s.kernel_overflow
+                )
+            } else {
+                String::new()
+            }
         ));
         out.push_str("counters:\n");
         for (k, v) in &s.counters {
-            out.push_str(&format!("  {k:<16} {v}\n"));
+            out.push_str(&format!("  {k:<18} {v}\n"));
         }
         out.trim_end().to_string()
     });
     Ok(())
 }
 
-/// Opens a streaming request and checks the daemon's first reply; returns the lines after it.
+/// Opens a streaming request; returns the lines after the daemon's first reply.
 pub(crate) async fn open_stream(
     args: &ClientArgs,
     req: &Request,
 ) -> anyhow::Result<tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>> {
-    let (mut lines, _) = control::open(&args.control_socket, req).await?;
-    let first = lines
-        .next_line()
-        .await?
-        .context("daemon closed the connection")?;
-    let reply: crate::api::Reply = serde_json::from_str(&first)?;
-    if !reply.ok {
-        bail!("{}", reply.error.unwrap_or_default());
-    }
-    Ok(lines)
+    Ok(stream(&args.control_socket, req).await?)
 }
 
 /// `tokenwall events`: prints one JSON line per hit until interrupted.
 pub async fn events(args: ClientArgs) -> anyhow::Result<()> {
-    let mut lines = open_stream(&args, &Request::Events).await?;
+    let mut lines = open_stream(&args, &p::Events {}.into()).await?;
     while let Some(line) = lines.next_line().await? {
         println!("{line}");
     }
@@ -207,36 +214,40 @@ pub async fn events(args: ClientArgs) -> anyhow::Result<()> {
 
 /// `tokenwall detach`: through the daemon when it runs, else directly on the pins.
 pub async fn detach(args: DetachArgs) -> anyhow::Result<()> {
-    let req = Request::Detach {
+    let cmd = p::Detach {
         iface: args.iface.clone(),
     };
-    let data = match control::call(&args.client.control_socket, &req).await {
-        Ok(d) => d,
-        Err(e) if format!("{e:#}").starts_with("daemon not reachable") => {
-            let n = kernel::detach_offline(&args.bpffs, &args.iface)?;
-            if n == 0 {
+    let r = match call(&args.client.control_socket, cmd).await {
+        Ok(r) => r,
+        Err(ControlError::Unreachable { .. }) => {
+            let removed = kernel::detach_offline(&args.bpffs, &args.iface)?;
+            if removed == 0 {
                 bail!(
                     "{} is not attached (no pins under {})",
                     args.iface,
                     args.bpffs.display()
                 );
             }
-            serde_json::json!({ "iface": args.iface, "removed": n, "daemon": false })
+            p::DetachReply {
+                iface: args.iface.clone(),
+                removed,
+                daemon: false,
+            }
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
-    print(&args.client, &data, || format!("detached {}", args.iface));
+    print(&args.client, &r, |r| format!("detached {}", r.iface));
     Ok(())
 }
 
 /// `tokenwall introspect`.
 pub async fn introspect(args: crate::cli::FingerprintArgs) -> anyhow::Result<()> {
-    let req = Request::Introspect {
+    let cmd = p::Introspect {
         token: token_ref(&args.which)?,
     };
-    let data = control::call(&args.client.control_socket, &req).await?;
-    print(&args.client, &data, || {
-        serde_json::to_string_pretty(&data).unwrap_or_default()
+    let r = call(&args.client.control_socket, cmd).await?;
+    print(&args.client, &r, |r| {
+        serde_json::to_string_pretty(r).unwrap_or_default()
     });
     Ok(())
 }

@@ -15,13 +15,12 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     alerts::{AlertEngine, AlertRules, Webhook},
-    api::EventLine,
     audit::AuditLog,
     cli::{ActionArg, OnOff, RunArgs},
     config_file::ConfigFile,
     control,
-    hashkey::{self, fingerprint},
-    http,
+    control::protocol::EventLine,
+    hashkey, http,
     kernel::{self, Kernel},
     lifecycle::{EventKind, LifecycleEvent},
     metrics::{Metrics, ResultLabel},
@@ -119,7 +118,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let mut kernel = Kernel::load(&args.bpffs, log::max_level())?;
     kernel.set_config(&cfg)?;
     let events = kernel.take_events()?;
-    let listener = control::bind(&args.control_socket).await?;
+    let listener = control::server::bind(&args.control_socket).await?;
     let settings = Settings {
         action: to_action(args.action),
         ports: args.ports.clone(),
@@ -213,7 +212,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(forward_events(events, service.clone()));
     tokio::spawn(sweep(service.clone()));
     tokio::spawn(refresh_jwks(service.clone()));
-    tokio::spawn(control::serve(listener, service.clone()));
+    tokio::spawn(control::server::serve(listener, service.clone()));
     let http_listener = tokio::net::TcpListener::bind(args.http())
         .await
         .with_context(|| format!("binding the HTTP API on {}", args.http()))?;
@@ -303,7 +302,7 @@ pub fn event_line(ev: &HitEvent) -> EventLine {
     let time = std::time::UNIX_EPOCH + Duration::from_nanos(ev.time_ns);
     EventLine {
         time: humantime::format_rfc3339_millis(time).to_string(),
-        fingerprint: fingerprint(ev.token_hash),
+        fingerprint: crate::types::TokenHash(ev.token_hash),
         kind: if ev.token_kind as u32 == NEEDLE_RAW {
             "api_key"
         } else {
@@ -355,7 +354,7 @@ async fn forward_events(ring: RingBuf<MapData>, service: Arc<Service>) {
             );
             let mut ev = LifecycleEvent::now(
                 EventKind::KernelHit,
-                Some(line.fingerprint.clone()),
+                Some(line.fingerprint.to_string()),
                 format!("{} on {} ({})", line.action, line.iface, line.matched),
             );
             ev.time = line.time.clone();

@@ -266,7 +266,7 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
         )
             .into_response();
     }
-    let req: crate::api::Request = match serde_json::from_slice(&body) {
+    let req: crate::control::protocol::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return (
@@ -276,10 +276,7 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
                 .into_response();
         }
     };
-    if matches!(
-        req,
-        crate::api::Request::Events | crate::api::Request::Watch { .. }
-    ) {
+    if req.is_stream() {
         let msg = "events is a stream: use the control socket (tokenwall events)";
         return (
             StatusCode::BAD_REQUEST,
@@ -290,7 +287,11 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
     if !req.is_read_only() {
         log::info!("admin: {} by the admin credential over HTTP", req.command());
     }
-    match tokio::task::spawn_blocking(move || svc.handle_as(req, "admin")).await {
+    match tokio::task::spawn_blocking(move || {
+        crate::control::server::Handler::handle(&*svc, req, "admin")
+    })
+    .await
+    {
         Ok(reply) => {
             let status = if reply.ok {
                 StatusCode::OK

@@ -2,7 +2,6 @@
 //! integration tests and benchmarks.
 
 pub mod alerts;
-pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod client;
@@ -22,4 +21,5 @@ pub mod sessions;
 pub mod store;
 pub mod tokens;
 pub mod top;
+pub mod types;
 pub mod until;

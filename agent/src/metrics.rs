@@ -5,8 +5,11 @@
 //! ever carries a token, a fingerprint or a subject.
 
 use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use prometheus_client::{
@@ -146,9 +149,45 @@ impl Collector for SnapshotCollector {
     }
 }
 
+/// Every validation outcome, in label order.
+pub const OUTCOMES: [&str; 9] = [
+    "ok",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "unknown_key",
+    "wrong_issuer",
+    "wrong_audience",
+    "revoked",
+    "malformed",
+];
+
+/// Running totals of the labelled lifecycle counters, summed over their labels, for
+/// `tokenwall top` (read without encoding or parsing metrics text).
+#[derive(Debug, Default)]
+pub struct Totals {
+    checks: [AtomicU64; OUTCOMES.len()],
+    issued: AtomicU64,
+    revocations: AtomicU64,
+    alerts: AtomicU64,
+}
+
+impl Totals {
+    /// Checks by outcome.
+    pub fn checks(&self) -> BTreeMap<String, u64> {
+        OUTCOMES
+            .iter()
+            .zip(&self.checks)
+            .map(|(o, n)| (o.to_string(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// Every metric of the daemon.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Running totals for `tokenwall top`.
+    pub totals: Totals,
     registry: Registry,
     snapshot: Arc<Mutex<Snapshot>>,
     versions: Mutex<HashSet<String>>,
@@ -217,6 +256,7 @@ impl Metrics {
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         let m = Self {
             snapshot: snapshot.clone(),
+            totals: Totals::default(),
             versions: Mutex::new(HashSet::new()),
             version_claim,
             issued: Family::default(),
@@ -300,8 +340,55 @@ impl Metrics {
         }
     }
 
+    /// Counts a validation (outcome, key, deployment version).
+    pub fn count_validation(&self, outcome: &'static str, kid: String, version: String) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.totals.checks[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.validated
+            .get_or_create(&ValidationLabels {
+                outcome,
+                kid,
+                version,
+            })
+            .inc();
+    }
+
+    /// Counts an issued token.
+    pub fn count_issued(&self, kid: &str) {
+        self.totals.issued.fetch_add(1, Ordering::Relaxed);
+        self.issued
+            .get_or_create(&KidLabel { kid: kid.into() })
+            .inc();
+    }
+
+    /// Counts a fired alert.
+    pub fn count_alert(&self, rule: &str) {
+        self.totals.alerts.fetch_add(1, Ordering::Relaxed);
+        self.alerts
+            .get_or_create(&RuleLabel { rule: rule.into() })
+            .inc();
+    }
+
+    /// Lifecycle totals for `tokenwall top`: issued, renewed, revocations, alerts.
+    pub fn lifecycle_totals(&self) -> BTreeMap<String, u64> {
+        [
+            ("issued", self.totals.issued.load(Ordering::Relaxed)),
+            ("renewed", self.renewed.get()),
+            (
+                "revocations",
+                self.totals.revocations.load(Ordering::Relaxed),
+            ),
+            ("alerts", self.totals.alerts.load(Ordering::Relaxed)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// Counts a revocation.
     pub fn count_revocation(&self, kind: &str, reason: &str) {
+        self.totals.revocations.fetch_add(1, Ordering::Relaxed);
         self.revoked
             .get_or_create(&RevocationLabels {
                 kind: kind.into(),

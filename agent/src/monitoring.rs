@@ -6,12 +6,16 @@ use std::sync::Arc;
 use crate::{
     alerts::Alert,
     audit::Entry,
+    control::protocol::{
+        IfaceCounters, MonitoringReply, RevokedInfo, TokenRow, TopSnapshot, TopToken,
+    },
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent, Timeline},
-    metrics::{ResultLabel, RuleLabel, Snapshot, ValidationLabels, outcome},
+    metrics::{ResultLabel, Snapshot, outcome},
     rules::Refusal,
     service::Service,
     tokens::validate::Verified,
+    types::TokenHash,
     until::now,
 };
 
@@ -50,25 +54,13 @@ impl Service {
             Ok(v) => v,
             Err(r) => {
                 let outcome = outcome(r);
-                m.validated
-                    .get_or_create(&ValidationLabels {
-                        outcome,
-                        kid: "other".into(),
-                        version: String::new(),
-                    })
-                    .inc();
+                m.count_validation(outcome, "other".into(), String::new());
                 let fp = Some(fingerprint(hash));
                 return self.emit(LifecycleEvent::now(EventKind::Rejected, fp, outcome));
             }
         };
         let version = m.version_of(m.version_claim.as_deref().and_then(|c| v.claim_str(c)));
-        m.validated
-            .get_or_create(&ValidationLabels {
-                outcome: "ok",
-                kid: v.kid.clone(),
-                version,
-            })
-            .inc();
+        m.count_validation("ok", v.kid.clone(), version);
         let jti = v.claim_str("jti");
         let counted = self
             .timelines
@@ -111,12 +103,7 @@ impl Service {
             alert.detail,
             alert.fingerprint.as_deref().unwrap_or("-")
         );
-        self.metrics
-            .alerts
-            .get_or_create(&RuleLabel {
-                rule: alert.rule.clone(),
-            })
-            .inc();
+        self.metrics.count_alert(&alert.rule);
         self.emit(LifecycleEvent::now(
             EventKind::Alert,
             alert.fingerprint.clone(),
@@ -147,37 +134,40 @@ impl Service {
         expiring_within: Option<u64>,
         revoked_only: bool,
         sub: Option<&str>,
-    ) -> serde_json::Value {
+    ) -> Vec<TokenRow> {
         let now = now();
         let index: Vec<_> = self
             .authority()
             .index
             .iter()
-            .map(|(j, ix)| (j.clone(), ix.clone()))
-            .collect();
-        let inner = self.lock();
-        let mut rows: Vec<(u64, serde_json::Value)> = index
-            .into_iter()
             .filter(|(_, ix)| ix.exp > now)
             .filter(|(_, ix)| expiring_within.is_none_or(|d| ix.exp <= now + d))
             .filter(|(_, ix)| sub.is_none_or(|s| ix.sub == s))
+            .map(|(j, ix)| (j.clone(), ix.clone()))
+            .collect();
+        let inner = self.lock();
+        let mut rows: Vec<TokenRow> = index
+            .into_iter()
             .filter_map(|(jti, ix)| {
-                let rev = inner.store.get(ix.hash);
-                (!revoked_only || rev.is_some()).then(|| {
-                    (
-                        ix.exp,
-                        serde_json::json!({
-                            "fingerprint": fingerprint(ix.hash), "jti": jti, "sub": ix.sub,
-                            "client_id": ix.client_id, "kid": ix.kid, "exp": ix.exp,
-                            "expires_in": ix.exp - now,
-                            "revoked": rev.map(|r| serde_json::json!({ "reason": r.reason, "at": r.revoked_at })),
-                        }),
-                    )
+                let revoked = inner.store.get(ix.hash).map(|r| RevokedInfo {
+                    reason: r.reason.clone(),
+                    at: r.revoked_at,
+                });
+                (!revoked_only || revoked.is_some()).then(|| TokenRow {
+                    fingerprint: TokenHash(ix.hash),
+                    jti,
+                    iss: ix.iss,
+                    sub: ix.sub,
+                    client_id: ix.client_id,
+                    kid: ix.kid,
+                    exp: ix.exp,
+                    expires_in: ix.exp - now,
+                    revoked,
                 })
             })
             .collect();
-        rows.sort_by_key(|(exp, _)| *exp);
-        serde_json::Value::Array(rows.into_iter().map(|(_, v)| v).collect())
+        rows.sort_by_key(|r| r.exp);
+        rows
     }
 
     /// A token's timeline, by fingerprint or `jti`.
@@ -224,22 +214,30 @@ impl Service {
     }
 
     /// Turns monitoring on or off, in userspace and in the kernel.
-    pub(crate) fn set_monitoring(&self, on: bool) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn set_monitoring(&self, on: bool) -> anyhow::Result<MonitoringReply> {
         self.lock()
             .kernel
             .update_config(|c| c.monitoring = u32::from(on))?;
         self.monitoring
             .store(on, std::sync::atomic::Ordering::Relaxed);
-        Ok(serde_json::json!({ "monitoring": on }))
+        Ok(MonitoringReply { monitoring: on })
     }
 
-    /// What `tokenwall top` shows.
-    pub(crate) fn top(&self) -> anyhow::Result<serde_json::Value> {
-        let top = self
+    /// What `tokenwall top` shows: counters it turns into rates, the most hit revoked
+    /// tokens, the last alerts.
+    pub(crate) fn top(&self) -> anyhow::Result<TopSnapshot> {
+        let top_revoked = self
             .timelines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .top_by_kernel_hits(10);
+            .top_by_kernel_hits(10)
+            .into_iter()
+            .map(|(fingerprint, kernel_hits, last_source)| TopToken {
+                fingerprint,
+                kernel_hits,
+                last_source,
+            })
+            .collect();
         let alerts: Vec<_> = self
             .recent_alerts
             .lock()
@@ -247,21 +245,34 @@ impl Service {
             .iter()
             .cloned()
             .collect();
-        let ifaces: Vec<String> = self
-            .lock()
+        let inner = self.lock();
+        let ifaces = inner
             .kernel
             .attachments()
             .into_iter()
             .map(|a| format!("{} ({})", a.iface, a.hook.name()))
             .collect();
-        Ok(serde_json::json!({
-            "metrics": self.metrics_text()?,
-            "ifaces": ifaces,
-            "top_revoked": top.into_iter().map(|(fp, hits, src)| serde_json::json!({
-                "fingerprint": fp, "kernel_hits": hits, "last_source": src,
-            })).collect::<Vec<_>>(),
-            "alerts": alerts,
-        }))
+        let kernel = inner
+            .kernel
+            .counters_by_iface()?
+            .into_iter()
+            .map(|(iface, counters)| IfaceCounters {
+                iface,
+                counters: counters
+                    .into_iter()
+                    .map(|(c, v)| (c.name().to_string(), v))
+                    .collect(),
+            })
+            .collect();
+        Ok(TopSnapshot {
+            ifaces,
+            kernel,
+            checks: self.metrics.totals.checks(),
+            lifecycle: self.metrics.lifecycle_totals(),
+            revoked_entries: inner.store.len() as u64,
+            top_revoked,
+            alerts,
+        })
     }
 
     /// `GET /metrics`: OpenMetrics text with kernel counters and gauges read now.

@@ -8,10 +8,9 @@ use agent_common::hash::revocation_hash;
 use serde_json::{Value, json};
 
 use crate::{
-    api::TokenRef,
+    control::protocol::{ApiKeyCreated, Introspection, RevokeReply, TokenRef},
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent},
-    metrics::KidLabel,
     rules::Refusal,
     service::Service,
     tokens::validate::Verified,
@@ -164,7 +163,7 @@ impl Service {
     }
 
     /// `apikeys add`: creates a key and returns it once.
-    pub fn add_api_key(&self, name: &str, scopes: Vec<String>) -> anyhow::Result<Value> {
+    pub fn add_api_key(&self, name: &str, scopes: Vec<String>) -> anyhow::Result<ApiKeyCreated> {
         let key = self.key;
         let created = self.authority().add_api_key(
             name,
@@ -176,17 +175,20 @@ impl Service {
             "API key {name} created ({})",
             fingerprint(revocation_hash(&key, created.as_bytes()))
         );
-        Ok(json!({ "name": name, "api_key": created }))
+        Ok(ApiKeyCreated {
+            name: name.to_string(),
+            api_key: created,
+        })
     }
 
     /// `apikeys remove`: forgets the key and revokes it (the kernel drops it from now on).
-    pub fn remove_api_key(&self, name: &str) -> anyhow::Result<Value> {
+    pub fn remove_api_key(&self, name: &str) -> anyhow::Result<RevokeReply> {
         let removed = self.authority().remove_api_key(name)?;
         let Some(k) = removed else {
             anyhow::bail!("no API key {name}");
         };
         self.revoke(
-            &TokenRef::Hash(fingerprint(k.hash)),
+            &TokenRef::Hash(crate::types::TokenHash(k.hash)),
             None,
             Some(format!("API key {name} removed")),
             true,
@@ -253,12 +255,7 @@ impl Service {
             )
             .map_err(|e| OAuthError::new(500, "server_error", e.to_string()))?;
         let fp = fingerprint(revocation_hash(&key, issued.token.as_bytes()));
-        self.metrics
-            .issued
-            .get_or_create(&KidLabel {
-                kid: issued.kid.clone(),
-            })
-            .inc();
+        self.metrics.count_issued(&issued.kid);
         log::info!("issued {fp} to client {client_id} (jti {})", issued.jti);
         self.emit(
             LifecycleEvent::now(
@@ -349,7 +346,7 @@ impl Service {
         &self,
         auth: Option<ClientAuth>,
         form: &[(String, String)],
-    ) -> Result<Value, OAuthError> {
+    ) -> Result<Introspection, OAuthError> {
         let auth = auth.ok_or_else(|| {
             OAuthError::new(401, "invalid_client", "client authentication required")
         })?;
@@ -361,30 +358,30 @@ impl Service {
     }
 
     /// Introspection: `active` plus claims; inactive for expired, revoked or unknown tokens.
-    pub fn introspect(&self, token: &str) -> Value {
-        match self.check_token(token) {
-            Ok(v) => {
-                let mut out = serde_json::Map::new();
-                out.insert("active".into(), json!(true));
-                out.insert("token_type".into(), json!("Bearer"));
-                for k in [
-                    "iss",
-                    "sub",
-                    "aud",
-                    "exp",
-                    "iat",
-                    "nbf",
-                    "jti",
-                    "client_id",
-                    "scope",
-                ] {
-                    if let Some(val) = v.claims.get(k) {
-                        out.insert(k.into(), val.clone());
-                    }
-                }
-                Value::Object(out)
+    pub fn introspect(&self, token: &str) -> Introspection {
+        let Ok(v) = self.check_token(token) else {
+            return Introspection::default();
+        };
+        let mut claims = serde_json::Map::new();
+        claims.insert("token_type".into(), json!("Bearer"));
+        for k in [
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "client_id",
+            "scope",
+        ] {
+            if let Some(val) = v.claims.get(k) {
+                claims.insert(k.into(), val.clone());
             }
-            Err(_) => json!({ "active": false }),
+        }
+        Introspection {
+            active: true,
+            claims,
         }
     }
 }

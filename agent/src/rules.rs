@@ -8,51 +8,28 @@ use std::{sync::Arc, time::Instant};
 
 use agent_common::hash::{HashKey, token_hash};
 use anyhow::{Context as _, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
-    api::TokenRef,
+    control::protocol::{RuleReply, TokenRef},
     hashkey::{TokenHashes, fingerprint},
     lifecycle::{EventKind, LifecycleEvent},
     service::{Inner, Service},
     store::{Revocation, Scope},
     tokens::validate::{Rejection, Verified},
+    types::TokenHash,
     until::{JWT_EXP_MARGIN, now},
 };
 
-/// What a rule names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleKind {
-    /// One token id.
-    Jti,
-    /// A subject (`sub`): every token issued to it until now.
-    Sub,
-    /// An OAuth client (`client_id`): every token issued to it until now.
-    Client,
-    /// A signing key (`kid`): every token it signed, ever.
-    Kid,
-}
+pub use crate::types::RuleKind;
 
-impl RuleKind {
-    fn scope(self) -> Scope {
-        match self {
-            RuleKind::Jti => Scope::Jti,
-            RuleKind::Sub => Scope::Subject,
-            RuleKind::Client => Scope::Client,
-            RuleKind::Kid => Scope::Kid,
-        }
-    }
-
-    /// Name for output.
-    pub fn name(self) -> &'static str {
-        match self {
-            RuleKind::Jti => "jti",
-            RuleKind::Sub => "sub",
-            RuleKind::Client => "client",
-            RuleKind::Kid => "kid",
-        }
+/// The store scope of a rule of this kind.
+fn scope(kind: RuleKind) -> Scope {
+    match kind {
+        RuleKind::Jti => Scope::Jti,
+        RuleKind::Sub => Scope::Subject,
+        RuleKind::Client => Scope::Client,
+        RuleKind::Kid => Scope::Kid,
     }
 }
 
@@ -244,12 +221,7 @@ impl Service {
     fn learn_token(&self, hash: u64, until: Option<u64>, what: &str) {
         let reason = format!("learned: covered by a {what} rule");
         let learned = self
-            .revoke(
-                &TokenRef::Hash(fingerprint(hash)),
-                until,
-                Some(reason),
-                false,
-            )
+            .revoke(&TokenRef::Hash(TokenHash(hash)), until, Some(reason), false)
             .and_then(|_| {
                 self.metrics.count_revocation("token", "learned");
                 self.record(
@@ -343,7 +315,7 @@ impl Service {
             [None, Some(iss)]
                 .into_iter()
                 .filter_map(|scope| inner.store.get(rule_hash(&self.key, kind, scope, name)))
-                .find(|r| r.scope == kind.scope())
+                .find(|r| r.scope == scope(kind))
         };
         if rule(RuleKind::Jti, claim(v, "jti")).is_some() {
             return Some("jti");
@@ -422,7 +394,7 @@ impl Service {
         issuer: Option<&str>,
         until: Option<u64>,
         reason: Option<String>,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<RuleReply> {
         if name.is_empty() || name.len() > 1024 || name.chars().any(char::is_control) {
             bail!("a {} must be 1-1024 printable characters", kind.name());
         }
@@ -472,7 +444,7 @@ impl Service {
                     reason: reason.clone(),
                     revoked_at: now,
                     api_key: false,
-                    scope: kind.scope(),
+                    scope: scope(kind),
                 })
                 .context("recording the rule")?
         };
@@ -519,11 +491,16 @@ impl Service {
             kind.name(),
             fingerprint(hash)
         );
-        Ok(json!({
-            "kind": kind.name(), "name": name, "fingerprint": fingerprint(hash),
-            "issuer": issuer.unwrap_or("any"),
-            "changed": changed, "tokens_pushed": pushed, "sessions_revoked": families,
-            "headers_pushed": headers.len(), "active_kid": active_kid,
-        }))
+        Ok(RuleReply {
+            kind,
+            name: name.to_string(),
+            issuer: issuer.unwrap_or("any").to_string(),
+            fingerprint: TokenHash(hash),
+            changed,
+            tokens_pushed: pushed,
+            sessions_revoked: families,
+            headers_pushed: headers.len(),
+            active_kid,
+        })
     }
 }

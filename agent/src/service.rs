@@ -17,9 +17,11 @@ use tokio::sync::broadcast;
 
 use crate::{
     alerts::{AlertEngine, Webhook},
-    api::{AttachmentInfo, EventLine, Reply, Request, RevokeReply, StatusReply, TokenRef},
     audit::AuditLog,
-    hashkey::{fingerprint, parse_fingerprint},
+    control::protocol::{
+        self as p, AttachmentInfo, DetachReply, EventLine, RevokeReply, StatusReply, TokenRef,
+    },
+    hashkey::fingerprint,
     kernel::{self, Kernel},
     lifecycle::{EventKind, LifecycleEvent, Timelines},
     metrics::Metrics,
@@ -30,6 +32,7 @@ use crate::{
         refresh::RefreshStore,
         validate::Policy,
     },
+    types::TokenHash,
     until::{JWT_EXP_MARGIN, jwt_exp, now},
 };
 
@@ -343,7 +346,9 @@ impl Service {
         Ok(gone.len())
     }
 
-    pub(crate) fn hash_of(&self, t: &TokenRef) -> anyhow::Result<u64> {
+    /// The revocation key of a token named in a request: its hash under this host's key (a
+    /// JWS's signing input), or the fingerprint given.
+    pub(crate) fn hash_of(&self, t: &TokenRef) -> anyhow::Result<TokenHash> {
         match t {
             TokenRef::Token(tok) => {
                 let tok = tok.trim();
@@ -356,158 +361,102 @@ impl Service {
                 if tok.bytes().any(|b| b <= 0x20 || b == 0x7f) {
                     bail!("token contains whitespace or control bytes");
                 }
-                Ok(revocation_hash(&self.key, tok.as_bytes()))
+                Ok(TokenHash(revocation_hash(&self.key, tok.as_bytes())))
             }
-            TokenRef::Hash(h) => parse_fingerprint(h),
+            TokenRef::Hash(h) => Ok(*h),
         }
     }
 
-    /// Handles one request (not `Events`, which the server streams itself).
-    pub fn handle(&self, req: Request) -> Reply {
-        self.handle_as(req, "system")
+    /// `token_show`: a token's timeline, by token, fingerprint or `jti`.
+    pub(crate) fn token_show(&self, c: p::TokenShow) -> anyhow::Result<crate::lifecycle::Timeline> {
+        let fp = c
+            .token
+            .map(|t| self.hash_of(&t).map(|h| h.to_string()))
+            .transpose()?;
+        self.timeline(fp.as_deref(), c.jti.as_deref())
+            .context("no timeline for that token (it was never issued, checked or hit here)")
     }
 
-    /// Handles one request for `actor` (`uid:N`, `admin`); a state change is in the audit log
-    /// (fsynced) before the reply.
-    pub fn handle_as(&self, req: Request, actor: &str) -> Reply {
-        let audited = (!req.is_read_only()).then(|| (req.command(), req.audit_subjects()));
-        let token_fp = match &req {
-            Request::Revoke {
-                token: t @ TokenRef::Token(_),
-                ..
-            }
-            | Request::Unrevoke {
-                token: t @ TokenRef::Token(_),
-                ..
-            } => self.hash_of(t).ok().map(fingerprint),
-            _ => None,
-        };
-        let counted = match &req {
-            Request::Revoke { api_key, .. } => Some(if *api_key { "api_key" } else { "token" }),
-            Request::RevokeBy { kind, .. } => Some(kind.name()),
-            Request::ApiKeysRemove { .. } => Some("api_key"),
-            _ => None,
-        };
-        let unrevoke = matches!(req, Request::Unrevoke { .. });
-        let mut result = self.dispatch(req);
-        if result.is_ok() {
-            if let Some(kind) = counted {
-                self.metrics.count_revocation(kind, "operator");
-            }
-            if unrevoke {
-                self.metrics.unrevoked.inc();
-            }
-        }
-        if let (Ok(_), Some((action, (mut subjects, reason)))) = (&result, audited) {
-            subjects.extend(token_fp);
-            if let Err(e) = self.record(actor, &action, subjects, &reason) {
-                result = Err(e.context("the change was made, but writing the audit record failed"));
-            }
-        }
-        match result {
-            Ok(v) => Reply {
-                ok: true,
-                error: None,
-                data: Some(v),
-            },
-            Err(e) => Reply::err(format!("{e:#}")),
-        }
+    /// `clients_add`.
+    pub(crate) fn clients_add(
+        &self,
+        id: &str,
+        scopes: Vec<String>,
+    ) -> anyhow::Result<p::ClientSecret> {
+        let client_secret = self.authority().add_client(id, scopes)?;
+        Ok(p::ClientSecret {
+            client_id: id.to_string(),
+            client_secret,
+        })
     }
 
-    fn dispatch(&self, req: Request) -> anyhow::Result<serde_json::Value> {
-        match req {
-            Request::Revoke {
-                token,
-                until,
-                reason,
-                api_key,
-            } => self.revoke(&token, until, reason, api_key),
-            Request::Unrevoke { token, reason } => self.unrevoke(&token, reason),
-            Request::Status => self.status(),
-            Request::Detach { iface } => self.detach(&iface),
-            Request::Fingerprint { token } => self
-                .hash_of(&token)
-                .map(|h| serde_json::json!({ "fingerprint": fingerprint(h) })),
-            Request::Events | Request::Watch { .. } => Err(anyhow::anyhow!("a stream")),
-            Request::TokenShow { token, jti } => {
-                let fp = token
-                    .map(|t| self.hash_of(&t).map(fingerprint))
-                    .transpose()?;
-                self.timeline(fp.as_deref(), jti.as_deref())
-                    .context(
-                        "no timeline for that token (it was never issued, checked or hit here)",
-                    )
-                    .and_then(|t| Ok(serde_json::to_value(t)?))
-            }
-            Request::Top => self.top(),
-            Request::Monitoring { on } => self.set_monitoring(on),
-            Request::TokensList {
-                expiring_within,
-                revoked,
-                sub,
-            } => Ok(self.tokens_list(expiring_within, revoked, sub.as_deref())),
-            Request::RevokeBy {
-                kind,
-                name,
-                issuer,
-                until,
-                reason,
-            } => self.revoke_by(kind, &name, issuer.as_deref(), until, reason),
-            Request::Introspect { token } => self.hash_of(&token).and_then(|_| match &token {
-                TokenRef::Token(t) => Ok(self.introspect(t.trim())),
-                TokenRef::Hash(_) => Err(anyhow::anyhow!("introspection needs the token itself")),
-            }),
-            Request::ClientsAdd { id, scopes } => self
-                .authority()
-                .add_client(&id, scopes)
-                .map(|secret| serde_json::json!({ "client_id": id, "client_secret": secret })),
-            Request::ClientsList => Ok(serde_json::json!(
-                self.authority()
-                    .clients()
-                    .into_iter()
-                    .map(|(id, scopes)| serde_json::json!({ "client_id": id, "scopes": scopes }))
-                    .collect::<Vec<_>>()
-            )),
-            Request::KeysAdd { key } => {
-                let added = self.authority().add_external(key);
-                if added.is_ok() {
-                    // Fetch a new JWKS URL now rather than at the next refresh tick.
-                    self.refresh_jwks(None);
-                }
-                added
-            }
-            Request::KeysList => self.authority().keys_list(),
-            Request::KeysRotate => {
-                let mut auth = self.authority();
-                let previous = auth.active_kid();
-                auth.rotate_key(now())
-                    .map(|kid| serde_json::json!({ "active_kid": kid, "previous": previous.ok() }))
-            }
-            Request::ApiKeysAdd { name, scopes } => self.add_api_key(&name, scopes),
-            Request::ApiKeysList => Ok(serde_json::json!(
-                self.authority()
-                    .api_keys()
-                    .map(|k| serde_json::json!({
-                        "name": k.name, "scopes": k.scopes, "fingerprint": fingerprint(k.hash),
-                        "created_at": k.created_at,
-                    }))
-                    .collect::<Vec<_>>()
-            )),
-            Request::ApiKeysRemove { name } => self.remove_api_key(&name),
-            Request::KeysRemove { id } => match self.authority().remove_external(&id) {
-                Ok(true) => {
-                    self.cache().clear();
-                    Ok(serde_json::json!({ "removed": id }))
-                }
-                Ok(false) => Err(anyhow::anyhow!("no external key or JWKS URL {id}")),
-                Err(e) => Err(e),
-            },
-            Request::ClientsRemove { id } => match self.authority().remove_client(&id) {
-                Ok(true) => Ok(serde_json::json!({ "removed": id })),
-                Ok(false) => Err(anyhow::anyhow!("no client {id}")),
-                Err(e) => Err(e),
-            },
+    /// `clients_list`.
+    pub(crate) fn clients_list(&self) -> Vec<p::ClientInfo> {
+        self.authority()
+            .clients()
+            .into_iter()
+            .map(|(client_id, scopes)| p::ClientInfo { client_id, scopes })
+            .collect()
+    }
+
+    /// `clients_remove`.
+    pub(crate) fn clients_remove(&self, id: &str) -> anyhow::Result<p::Removed> {
+        if !self.authority().remove_client(id)? {
+            bail!("no client {id}");
         }
+        Ok(p::Removed {
+            removed: id.to_string(),
+        })
+    }
+
+    /// `keys_add`: trusts an external key source (a new JWKS URL is fetched at once).
+    pub(crate) fn keys_add(
+        &self,
+        key: crate::tokens::keys::ExternalKey,
+    ) -> anyhow::Result<p::KeyAdded> {
+        let added = self.authority().add_external(key)?;
+        self.refresh_jwks(None);
+        Ok(added)
+    }
+
+    /// `keys_list`.
+    pub(crate) fn keys_list(&self) -> anyhow::Result<Vec<p::KeyInfo>> {
+        self.authority().keys_list()
+    }
+
+    /// `keys_rotate`.
+    pub(crate) fn keys_rotate(&self) -> anyhow::Result<p::KeyRotated> {
+        let mut auth = self.authority();
+        let previous = auth.active_kid().ok();
+        let active_kid = auth.rotate_key(now())?;
+        Ok(p::KeyRotated {
+            active_kid,
+            previous,
+        })
+    }
+
+    /// `keys_remove`: stops trusting an external key source; cached verifications go.
+    pub(crate) fn keys_remove(&self, id: &str) -> anyhow::Result<p::Removed> {
+        if !self.authority().remove_external(id)? {
+            bail!("no external key or JWKS URL {id}");
+        }
+        self.cache().clear();
+        Ok(p::Removed {
+            removed: id.to_string(),
+        })
+    }
+
+    /// `api_keys_list`.
+    pub(crate) fn api_keys_list(&self) -> Vec<p::ApiKeyInfo> {
+        self.authority()
+            .api_keys()
+            .map(|k| p::ApiKeyInfo {
+                name: k.name.clone(),
+                scopes: k.scopes.clone(),
+                fingerprint: TokenHash(k.hash),
+                created_at: k.created_at,
+            })
+            .collect()
     }
 
     pub(crate) fn revoke(
@@ -516,9 +465,9 @@ impl Service {
         until: Option<u64>,
         reason: Option<String>,
         api_key: bool,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<RevokeReply> {
         let started = std::time::Instant::now();
-        let hash = self.hash_of(token)?;
+        let hash = self.hash_of(token)?.0;
         let now = now();
         let expires_at = match (until, token) {
             (Some(u), _) => u,
@@ -580,13 +529,13 @@ impl Service {
             TokenRef::Token(t) => self.revoke_jti_of(t.trim(), kept.expires_at, &kept.reason)?,
             TokenRef::Hash(_) => None,
         };
-        Ok(serde_json::to_value(RevokeReply {
-            fingerprint: fingerprint(hash),
+        Ok(RevokeReply {
+            fingerprint: TokenHash(hash),
             changed,
             expires_at: kept.expires_at,
             in_kernel,
             jti_rule,
-        })?)
+        })
     }
 
     /// Records a jti rule (scoped to the token's issuer) for a revoked JWT that has a `jti`;
@@ -663,12 +612,13 @@ impl Service {
         Ok(recorded.len())
     }
 
-    fn unrevoke(
+    /// Lifts a revocation (store first, then the kernel maps).
+    pub(crate) fn unrevoke(
         &self,
         token: &TokenRef,
         reason: Option<String>,
-    ) -> anyhow::Result<serde_json::Value> {
-        let hash = self.hash_of(token)?;
+    ) -> anyhow::Result<RevokeReply> {
+        let hash = self.hash_of(token)?.0;
         let mut inner = self.lock();
         let changed = inner
             .store
@@ -676,6 +626,7 @@ impl Service {
             .context("recording the unrevocation")?;
         inner.kernel.remove(hash)?;
         inner.kernel.remove_header(hash)?;
+        inner.overflow.remove(&hash);
         let headers = header_count(&inner.store);
         inner
             .kernel
@@ -687,24 +638,25 @@ impl Service {
             Some(fingerprint(hash)),
             reason.clone().unwrap_or_default(),
         ));
-        Ok(serde_json::to_value(RevokeReply {
-            fingerprint: fingerprint(hash),
+        Ok(RevokeReply {
+            fingerprint: TokenHash(hash),
             changed,
             expires_at: 0,
             in_kernel,
             jti_rule: None,
-        })?)
+        })
     }
 
-    fn status(&self) -> anyhow::Result<serde_json::Value> {
+    /// `status`: attachments, kernel counters, store and map sizes.
+    pub(crate) fn status(&self) -> anyhow::Result<StatusReply> {
         let inner = self.lock();
         let counters = inner
             .kernel
             .counters()?
             .into_iter()
-            .map(|(c, v)| (c.name().to_string(), serde_json::Value::from(v)))
+            .map(|(c, v)| (c.name().to_string(), v))
             .collect();
-        let reply = StatusReply {
+        Ok(StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             attachments: inner
                 .kernel
@@ -724,18 +676,22 @@ impl Service {
             store_bytes: inner.store.log_bytes(),
             state_dir: self.settings.state_dir.display().to_string(),
             bpffs: self.settings.bpffs.display().to_string(),
-        };
-        Ok(serde_json::to_value(reply)?)
+        })
     }
 
-    fn detach(&self, iface: &str) -> anyhow::Result<serde_json::Value> {
+    /// `detach`: removes an interface's attachments (and the pins once none is left).
+    pub(crate) fn detach(&self, iface: &str) -> anyhow::Result<DetachReply> {
         let mut inner = self.lock();
         let removed = inner.kernel.detach(iface)?;
         if removed == 0 {
             bail!("{iface} is not attached");
         }
         kernel::remove_pins_if_unused(&self.settings.bpffs)?;
-        Ok(serde_json::json!({ "iface": iface, "removed": removed }))
+        Ok(DetachReply {
+            iface: iface.to_string(),
+            removed,
+            daemon: true,
+        })
     }
 }
 
@@ -758,3 +714,5 @@ pub fn kernel_entry(r: &Revocation) -> RevokedEntry {
         flags: if r.api_key { FLAG_API_KEY } else { 0 },
     }
 }
+
+mod dispatch;

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use crate::{
     hashkey::fingerprint,
     lifecycle::{EventKind, LifecycleEvent},
-    metrics::KidLabel,
     oauth::{ClientAuth, OAuthError},
     rules::{RuleKind, rule_hash},
     service::Service,
@@ -198,12 +197,7 @@ impl Service {
     ) -> Result<Value, OAuthError> {
         let now = now();
         let hash = revocation_hash(&self.key, issued.token.as_bytes());
-        self.metrics
-            .issued
-            .get_or_create(&KidLabel {
-                kid: issued.kid.clone(),
-            })
-            .inc();
+        self.metrics.count_issued(&issued.kid);
         if action == "renew" {
             self.metrics.renewed.inc();
         }

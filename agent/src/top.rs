@@ -2,11 +2,15 @@
 //! request, validation and kernel rates, revocations, the revoked tokens the kernel hits most
 //! (by fingerprint), and recent alerts. Fits 80x24, works over SSH, exits on `q`, Esc or Ctrl-C.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
+use crate::{
+    cli::ClientArgs,
+    control::{
+        client::call,
+        protocol::{self as p, TopSnapshot},
+    },
+};
 use ratatui::{
     Frame,
     crossterm::event::{self, Event, KeyCode, KeyModifiers},
@@ -15,45 +19,20 @@ use ratatui::{
     text::Line,
     widgets::{Block, Paragraph, Row, Table},
 };
-use serde_json::Value;
 
-use crate::{api::Request, cli::ClientArgs, control};
-
-/// Every sample of OpenMetrics text, by series (name and labels as written).
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
+/// A counter of one interface (0 when absent).
+fn counter(s: &TopSnapshot, iface: &str, name: &str) -> u64 {
+    s.kernel
+        .iter()
+        .find(|c| c.iface == iface)
+        .and_then(|c| c.counters.get(name))
+        .copied()
+        .unwrap_or(0)
 }
 
-/// The sum of every series of `name` whose labels contain `label` (empty: any).
-fn total(s: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
-    s.iter()
-        .filter(|(k, _)| {
-            (k.as_str() == name || k.starts_with(&format!("{name}{{"))) && k.contains(label)
-        })
-        .map(|(_, v)| v)
-        .sum::<f64>()
-        + 0.0 // an empty sum is -0.0
-}
-
-/// The interface names in the `iface` labels of `name`'s series, sorted.
-fn iface_labels(s: &HashMap<String, f64>, name: &str) -> Vec<String> {
-    let mut v: Vec<String> = s
-        .keys()
-        .filter(|k| k.starts_with(&format!("{name}{{")))
-        .filter_map(|k| {
-            let rest = &k[k.find("iface=\"")? + 7..];
-            Some(rest[..rest.find('"')?].to_string())
-        })
-        .collect();
-    v.sort();
-    v.dedup();
-    v
+/// A kernel counter summed over interfaces.
+fn kernel_total(s: &TopSnapshot, name: &str) -> u64 {
+    s.kernel.iter().filter_map(|c| c.counters.get(name)).sum()
 }
 
 /// Kernel drops and resets of one interface: rate and total of each.
@@ -68,92 +47,67 @@ struct View {
     ifaces: String,
     rates: Vec<(String, f64, f64)>,
     per_iface: Vec<IfaceRow>,
-    top: Vec<Value>,
-    alerts: Vec<Value>,
+    top: Vec<p::TopToken>,
+    alerts: Vec<crate::alerts::Alert>,
 }
 
 const KERNEL: [(&str, &str); 6] = [
-    ("HTTP requests", "tokenwall_kernel_http_requests_total"),
-    ("bearer tokens", "tokenwall_kernel_bearer_tokens_total"),
-    ("revoked hits", "tokenwall_kernel_revoked_hits_total"),
-    ("dropped", "tokenwall_kernel_dropped_total"),
-    ("reset", "tokenwall_kernel_reset_total"),
-    ("skipped", "tokenwall_kernel_skipped_total"),
+    ("HTTP requests", "http_requests"),
+    ("bearer tokens", "bearer_tokens"),
+    ("revoked hits", "revoked_hits"),
+    ("dropped", "dropped"),
+    ("reset", "reset"),
+    ("skipped", "skipped"),
 ];
 
 /// Interfaces shown in the per-interface panel (the rest are in the totals).
 const MAX_IFACE_ROWS: usize = 4;
 
-const OUTCOMES: [&str; 9] = [
-    "ok",
-    "expired",
-    "not_yet_valid",
-    "bad_signature",
-    "unknown_key",
-    "wrong_issuer",
-    "wrong_audience",
-    "revoked",
-    "malformed",
-];
-
-fn view(now: &Value, before: Option<&(Instant, HashMap<String, f64>)>) -> View {
-    let s = samples(now["metrics"].as_str().unwrap_or(""));
+fn view(now: &TopSnapshot, before: Option<&(Instant, TopSnapshot)>) -> View {
     let secs = before.map_or(1.0, |(t, _)| t.elapsed().as_secs_f64().max(0.001));
-    let rate = |name: &str, label: &str| {
-        let v = total(&s, name, label);
-        let prev = before.map_or(v, |(_, p)| total(p, name, label));
+    // (total, rate per second) of a value read from a snapshot.
+    let rate = |read: &dyn Fn(&TopSnapshot) -> u64| {
+        let v = read(now) as f64;
+        let prev = before.map_or(v, |(_, p)| read(p) as f64);
         (v, (v - prev).max(0.0) / secs)
     };
     let mut rates = Vec::new();
     for (label, name) in KERNEL {
-        let (v, r) = rate(name, "");
+        let (v, r) = rate(&|s| kernel_total(s, name));
         rates.push((format!("kernel {label}"), r, v));
     }
-    for outcome in OUTCOMES {
-        let (v, r) = rate(
-            "tokenwall_tokens_validated_total",
-            &format!("outcome=\"{outcome}\""),
-        );
+    for outcome in crate::metrics::OUTCOMES {
+        let (v, r) = rate(&|s| s.checks.get(outcome).copied().unwrap_or(0));
         if v > 0.0 || outcome == "ok" {
             rates.push((format!("checks {outcome}"), r, v));
         }
     }
-    for (label, name) in [
-        ("issued", "tokenwall_tokens_issued_total"),
-        ("renewed", "tokenwall_tokens_renewed_total"),
-        ("revocations", "tokenwall_revocations_total"),
-        ("alerts", "tokenwall_alerts_total"),
-    ] {
-        let (v, r) = rate(name, "");
+    for label in ["issued", "renewed", "revocations", "alerts"] {
+        let (v, r) = rate(&|s| s.lifecycle.get(label).copied().unwrap_or(0));
         rates.push((label.to_string(), r, v));
     }
-    let dropped = "tokenwall_kernel_dropped_total";
-    let per_iface = iface_labels(&s, dropped)
+    let mut names: Vec<&str> = now.kernel.iter().map(|c| c.iface.as_str()).collect();
+    names.sort();
+    let per_iface = names
         .into_iter()
         .map(|iface| {
-            let label = format!("iface=\"{iface}\"");
             let ((dv, dr), (rv, rr)) = (
-                rate(dropped, &label),
-                rate("tokenwall_kernel_reset_total", &label),
+                rate(&|s| counter(s, iface, "dropped")),
+                rate(&|s| counter(s, iface, "reset")),
             );
             IfaceRow {
-                iface,
+                iface: iface.to_string(),
                 dropped: (dr, dv),
                 reset: (rr, rv),
             }
         })
         .collect();
-    let list = |k: &str| now[k].as_array().cloned().unwrap_or_default();
     View {
         per_iface,
-        ifaces: list("ifaces")
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect::<Vec<_>>()
-            .join(", "),
+        ifaces: now.ifaces.join(", "),
         rates,
-        top: list("top_revoked"),
-        alerts: list("alerts"),
+        top: now.top_revoked.clone(),
+        alerts: now.alerts.clone(),
     }
 }
 
@@ -231,9 +185,9 @@ fn draw(f: &mut Frame, v: &View) {
     );
     let rows = v.top.iter().map(|t| {
         Row::new([
-            t["fingerprint"].as_str().unwrap_or("").to_string(),
-            t["kernel_hits"].to_string(),
-            t["last_source"].as_str().unwrap_or("-").to_string(),
+            t.fingerprint.clone(),
+            t.kernel_hits.to_string(),
+            t.last_source.clone().unwrap_or_else(|| "-".into()),
         ])
     });
     f.render_widget(
@@ -260,10 +214,10 @@ fn draw(f: &mut Frame, v: &View) {
         .map(|a| {
             Line::from(format!(
                 "{} {} {} {}",
-                a["time"].as_str().unwrap_or("").get(11..19).unwrap_or(""),
-                a["rule"].as_str().unwrap_or(""),
-                a["fingerprint"].as_str().unwrap_or("-"),
-                a["detail"].as_str().unwrap_or("")
+                a.time.get(11..19).unwrap_or(""),
+                a.rule,
+                a.fingerprint.as_deref().unwrap_or("-"),
+                a.detail
             ))
         })
         .collect();
@@ -281,17 +235,14 @@ fn draw(f: &mut Frame, v: &View) {
 /// Runs the view until `q`.
 pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     // Fail before taking over the terminal when the daemon is not there.
-    let mut data = control::call(&args.control_socket, &Request::Top).await?;
+    let mut data = call(&args.control_socket, p::Top {}).await?;
     let mut terminal = ratatui::init();
     let result = async {
-        let mut before: Option<(Instant, HashMap<String, f64>)> = None;
+        let mut before: Option<(Instant, TopSnapshot)> = None;
         loop {
             let v = view(&data, before.as_ref());
             terminal.draw(|f| draw(f, &v))?;
-            before = Some((
-                Instant::now(),
-                samples(data["metrics"].as_str().unwrap_or("")),
-            ));
+            before = Some((Instant::now(), data.clone()));
             let deadline = Instant::now() + Duration::from_secs(1);
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                 if event::poll(left)?
@@ -303,7 +254,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            data = control::call(&args.control_socket, &Request::Top).await?;
+            data = call(&args.control_socket, p::Top {}).await?;
         }
     }
     .await;
@@ -317,16 +268,31 @@ mod tests {
 
     #[test]
     fn it_fits_80x24_and_shows_counters_tokens_and_alerts() {
-        let metrics = "tokenwall_kernel_dropped_total{iface=\"eth0\"} 40\n\
-                       tokenwall_kernel_dropped_total{iface=\"eth1\"} 2\n\
-                       tokenwall_kernel_reset_total{iface=\"eth0\"} 0\n\
-                       tokenwall_kernel_reset_total{iface=\"eth1\"} 3\n\
-                       tokenwall_tokens_validated_total{outcome=\"ok\",kid=\"k\",version=\"\"} 7\n# EOF\n";
-        let data = serde_json::json!({
-            "metrics": metrics, "ifaces": ["eth0 (xdp)"],
-            "top_revoked": [{ "fingerprint": "0123456789abcdef", "kernel_hits": 42, "last_source": "192.0.2.2:5000" }],
-            "alerts": [{ "rule": "token_theft", "fingerprint": "0123456789abcdef", "detail": "x", "time": "2026-11-24T12:00:00Z" }],
-        });
+        let iface = |name: &str, dropped: u64, reset: u64| p::IfaceCounters {
+            iface: name.into(),
+            counters: [
+                ("dropped".to_string(), dropped),
+                ("reset".to_string(), reset),
+            ]
+            .into(),
+        };
+        let data = TopSnapshot {
+            ifaces: vec!["eth0 (xdp)".into()],
+            kernel: vec![iface("eth0", 40, 0), iface("eth1", 2, 3)],
+            checks: [("ok".to_string(), 7)].into(),
+            top_revoked: vec![p::TopToken {
+                fingerprint: "0123456789abcdef".into(),
+                kernel_hits: 42,
+                last_source: Some("192.0.2.2:5000".into()),
+            }],
+            alerts: vec![crate::alerts::Alert {
+                rule: "token_theft".into(),
+                fingerprint: Some("0123456789abcdef".into()),
+                detail: "x".into(),
+                time: "2026-11-24T12:00:00Z".into(),
+            }],
+            ..TopSnapshot::default()
+        };
         let v = view(&data, None);
         let backend = ratatui::backend::TestBackend::new(80, 24);
         let mut t = ratatui::Terminal::new(backend).unwrap();

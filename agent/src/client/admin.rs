@@ -1,31 +1,20 @@
-//! Administration commands: OAuth clients, trusted external keys, API keys.
+//! Administration commands: OAuth clients, trusted external keys, API keys, tokens, watch.
 
 use anyhow::Context as _;
 
 use super::print;
 use crate::{
-    api::Request,
-    cli::{ApiKeysCommand, ClientArgs, KeysCommand},
-    control,
+    cli::{ApiKeysCommand, KeysCommand},
+    control::{
+        client::call,
+        protocol::{self as p, TokenRef},
+    },
     tokens::keys::{ExternalKey, KeySource},
 };
 
-/// Sends one request and prints the reply (JSON with --json, else `text`).
-async fn call_and_print(
-    client: &ClientArgs,
-    req: &Request,
-    text: impl FnOnce(&serde_json::Value) -> String,
-) -> anyhow::Result<()> {
-    let data = control::call(&client.control_socket, req).await?;
-    print(client, &data, || text(&data));
-    Ok(())
-}
-
-/// One line per entry of a JSON array, or nothing.
-fn lines(data: &serde_json::Value, line: impl Fn(&serde_json::Value) -> String) -> String {
-    data.as_array()
-        .map(|a| a.iter().map(line).collect::<Vec<_>>().join("\n"))
-        .unwrap_or_default()
+/// One line per entry, or nothing.
+fn lines<T>(items: &[T], line: impl Fn(&T) -> String) -> String {
+    items.iter().map(line).collect::<Vec<_>>().join("\n")
 }
 
 /// `tokenwall clients …`.
@@ -33,38 +22,23 @@ pub async fn clients(cmd: crate::cli::ClientsCommand) -> anyhow::Result<()> {
     use crate::cli::ClientsCommand as C;
     match cmd {
         C::Add { id, scopes, client } => {
-            call_and_print(
-                &client,
-                &Request::ClientsAdd {
-                    id: id.clone(),
-                    scopes,
-                },
-                |data| {
-                    format!(
-                        "client {id} added; its secret is shown only now:\n{}",
-                        data["client_secret"].as_str().unwrap_or_default()
-                    )
-                },
-            )
-            .await?;
+            let r = call(&client.control_socket, p::ClientsAdd { id, scopes }).await?;
+            print(&client, &r, |r| {
+                format!(
+                    "client {} added; its secret is shown only now:\n{}",
+                    r.client_id, r.client_secret
+                )
+            });
         }
         C::List(client) => {
-            call_and_print(&client, &Request::ClientsList, |data| {
-                lines(data, |c| {
-                    format!(
-                        "{}  scopes: {}",
-                        c["client_id"].as_str().unwrap_or(""),
-                        c["scopes"]
-                    )
-                })
-            })
-            .await?;
+            let r = call(&client.control_socket, p::ClientsList {}).await?;
+            print(&client, &r, |r| {
+                lines(r, |c| format!("{}  scopes: {:?}", c.client_id, c.scopes))
+            });
         }
         C::Remove { id, client } => {
-            call_and_print(&client, &Request::ClientsRemove { id: id.clone() }, |_| {
-                format!("client {id} removed")
-            })
-            .await?;
+            let r = call(&client.control_socket, p::ClientsRemove { id }).await?;
+            print(&client, &r, |r| format!("client {} removed", r.removed));
         }
     }
     Ok(())
@@ -102,43 +76,42 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
                 audiences,
                 typ,
             };
-            call_and_print(&client, &Request::KeysAdd { key }, |data| {
-                format!("trusted {} for issuer {}", data["id"], data["issuer"])
-            })
-            .await?;
+            let r = call(&client.control_socket, p::KeysAdd { key }).await?;
+            print(&client, &r, |r| {
+                format!("trusted {} for issuer {}", r.id, r.issuer)
+            });
         }
         KeysCommand::List(client) => {
-            call_and_print(&client, &Request::KeysList, |data| {
-                lines(data, |k| match k["url"].as_str() {
+            let r = call(&client.control_socket, p::KeysList {}).await?;
+            print(&client, &r, |r| {
+                lines(r, |k| match &k.url {
                     Some(url) => format!(
-                        "{url}  issuer {}  kids {}  fetched_at {}  error {}",
-                        k["issuer"], k["kids"], k["fetched_at"], k["last_error"]
+                        "{url}  issuer {}  kids {:?}  fetched_at {:?}  error {:?}",
+                        k.issuer, k.kids, k.fetched_at, k.last_error
                     ),
                     None => format!(
                         "{}  {}  issuer {}  {}",
-                        k["kid"].as_str().unwrap_or(""),
-                        k["alg"].as_str().unwrap_or("-"),
-                        k["issuer"],
-                        k["state"].as_str().or(k["source"].as_str()).unwrap_or("")
+                        k.kid.as_deref().unwrap_or(""),
+                        k.alg.as_deref().unwrap_or("-"),
+                        k.issuer,
+                        k.state.as_deref().unwrap_or(&k.source)
                     ),
                 })
-            })
-            .await?;
+            });
         }
         KeysCommand::Rotate(client) => {
-            call_and_print(&client, &Request::KeysRotate, |data| {
+            let r = call(&client.control_socket, p::KeysRotate {}).await?;
+            print(&client, &r, |r| {
                 format!(
                     "active signing key {} (previous {} stays trusted through its grace period)",
-                    data["active_kid"], data["previous"]
+                    r.active_kid,
+                    r.previous.as_deref().unwrap_or("none")
                 )
-            })
-            .await?;
+            });
         }
         KeysCommand::Remove { id, client } => {
-            call_and_print(&client, &Request::KeysRemove { id: id.clone() }, |_| {
-                format!("no longer trusted: {id}")
-            })
-            .await?;
+            let r = call(&client.control_socket, p::KeysRemove { id }).await?;
+            print(&client, &r, |r| format!("no longer trusted: {}", r.removed));
         }
     }
     Ok(())
@@ -152,40 +125,31 @@ pub async fn apikeys(cmd: ApiKeysCommand) -> anyhow::Result<()> {
             scopes,
             client,
         } => {
-            let req = Request::ApiKeysAdd {
-                name: name.clone(),
-                scopes,
-            };
-            call_and_print(&client, &req, |data| {
+            let r = call(&client.control_socket, p::ApiKeysAdd { name, scopes }).await?;
+            print(&client, &r, |r| {
                 format!(
-                    "API key {name} created; it is shown only now:\n{}",
-                    data["api_key"].as_str().unwrap_or_default()
+                    "API key {} created; it is shown only now:\n{}",
+                    r.name, r.api_key
                 )
-            })
-            .await?;
+            });
         }
         ApiKeysCommand::List(client) => {
-            call_and_print(&client, &Request::ApiKeysList, |data| {
-                lines(data, |k| {
-                    format!(
-                        "{}  {}  scopes: {}",
-                        k["name"].as_str().unwrap_or(""),
-                        k["fingerprint"].as_str().unwrap_or(""),
-                        k["scopes"]
-                    )
+            let r = call(&client.control_socket, p::ApiKeysList {}).await?;
+            print(&client, &r, |r| {
+                lines(r, |k| {
+                    format!("{}  {}  scopes: {:?}", k.name, k.fingerprint, k.scopes)
                 })
-            })
-            .await?;
+            });
         }
         ApiKeysCommand::Remove { name, client } => {
-            let req = Request::ApiKeysRemove { name: name.clone() };
-            call_and_print(&client, &req, |data| {
-                format!(
-                    "API key {name} removed and revoked ({})",
-                    data["fingerprint"].as_str().unwrap_or("")
-                )
-            })
+            let r = call(
+                &client.control_socket,
+                p::ApiKeysRemove { name: name.clone() },
+            )
             .await?;
+            print(&client, &r, |r| {
+                format!("API key {name} removed and revoked ({})", r.fingerprint)
+            });
         }
     }
     Ok(())
@@ -223,7 +187,7 @@ pub fn audit(cmd: crate::cli::AuditCommand) -> anyhow::Result<()> {
 
 /// `tokenwall watch`: one line per lifecycle event until interrupted.
 pub async fn watch(args: crate::cli::WatchArgs) -> anyhow::Result<()> {
-    let req = Request::Watch { kinds: args.kinds };
+    let req = p::Watch { kinds: args.kinds }.into();
     let mut lines = super::open_stream(&args.client, &req).await?;
     while let Some(line) = lines.next_line().await? {
         if args.client.json {
@@ -266,36 +230,34 @@ pub async fn tokens(cmd: crate::cli::TokensCommand) -> anyhow::Result<()> {
                     client: None,
                     kid: None,
                 })?),
-                (None, Some(fp)) => Some(crate::api::TokenRef::Hash(fp)),
+                (None, Some(fp)) => Some(TokenRef::Hash(fp.parse()?)),
                 (None, None) => None,
             };
             if token.is_none() && jti.is_none() {
                 anyhow::bail!("give --jti ID, --fingerprint HEX or --token -");
             }
-            call_and_print(&client, &Request::TokenShow { token, jti }, |t| {
+            let t = call(&client.control_socket, p::TokenShow { token, jti }).await?;
+            print(&client, &t, |t| {
                 let mut out = format!(
-                    "token {}  jti {}\n  issued     {}\n  first seen {}\n  checks     {}\n  renewals   {}\n  revoked    {}\n  kernel hits {} (last from {})\n",
-                    t["fingerprint"].as_str().unwrap_or(""),
-                    t["jti"].as_str().unwrap_or("-"),
-                    t["issued"].as_str().unwrap_or("-"),
-                    t["first_seen"].as_str().unwrap_or("-"),
-                    t["validations"],
-                    t["renewals"],
-                    t["revoked"],
-                    t["kernel_hits"],
-                    t["last_sources"],
+                    "token {}  jti {}\n  issued     {}\n  first seen {}\n  checks     {:?}\n  renewals   {}\n  revoked    {}\n  kernel hits {} (last from {:?})\n",
+                    t.fingerprint,
+                    t.jti.as_deref().unwrap_or("-"),
+                    t.issued.as_deref().unwrap_or("-"),
+                    t.first_seen,
+                    t.validations,
+                    t.renewals,
+                    t.revoked
+                        .as_ref()
+                        .map(|(at, why)| format!("{at} ({why})"))
+                        .unwrap_or_else(|| "no".into()),
+                    t.kernel_hits,
+                    t.last_sources,
                 );
-                for e in t["events"].as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "  {}  {}  {}\n",
-                        e["time"].as_str().unwrap_or(""),
-                        e["kind"].as_str().unwrap_or(""),
-                        e["detail"].as_str().unwrap_or("")
-                    ));
+                for e in &t.events {
+                    out.push_str(&format!("  {}  {:?}  {}\n", e.time, e.kind, e.detail));
                 }
                 out.trim_end().to_string()
-            })
-            .await?;
+            });
         }
         T::List {
             expiring_within,
@@ -312,39 +274,40 @@ pub async fn tokens(cmd: crate::cli::TokensCommand) -> anyhow::Result<()> {
                         })
                 })
                 .transpose()?;
-            let req = Request::TokensList {
+            let cmd = p::TokensList {
                 expiring_within,
                 revoked,
                 sub,
             };
-            call_and_print(&client, &req, |data| {
-                lines(data, |t| {
+            let r = call(&client.control_socket, cmd).await?;
+            print(&client, &r, |r| {
+                lines(r, |t| {
                     format!(
-                        "{}  jti {}  sub {}  client {}  expires in {}s{}",
-                        t["fingerprint"].as_str().unwrap_or(""),
-                        t["jti"].as_str().unwrap_or(""),
-                        t["sub"].as_str().unwrap_or(""),
-                        t["client_id"].as_str().unwrap_or(""),
-                        t["expires_in"],
-                        if t["revoked"].is_null() {
-                            ""
-                        } else {
-                            "  REVOKED"
-                        }
+                        "{}  jti {}  iss {}  sub {}  client {}  expires in {}s{}",
+                        t.fingerprint,
+                        t.jti,
+                        t.iss,
+                        t.sub,
+                        t.client_id,
+                        t.expires_in,
+                        if t.revoked.is_some() { "  REVOKED" } else { "" }
                     )
                 })
-            })
-            .await?;
+            });
         }
     }
     Ok(())
 }
 
 /// `tokenwall monitoring on|off`.
-pub async fn monitoring(state: crate::cli::OnOff, client: ClientArgs) -> anyhow::Result<()> {
+pub async fn monitoring(
+    state: crate::cli::OnOff,
+    client: crate::cli::ClientArgs,
+) -> anyhow::Result<()> {
     let on = state == crate::cli::OnOff::On;
-    call_and_print(&client, &Request::Monitoring { on }, |_| {
-        format!("monitoring {}", if on { "on" } else { "off" })
-    })
-    .await
+    let r = call(&client.control_socket, p::Monitoring { on }).await?;
+    print(&client, &r, |r| {
+        format!("monitoring {}", if r.monitoring { "on" } else { "off" })
+    });
+    Ok(())
 }

@@ -499,6 +499,7 @@ impl Authority {
 
 pub mod api_keys;
 mod external;
+pub use external::{KeyAdded, KeyInfo};
 
 #[cfg(test)]
 mod tests;

@@ -105,11 +105,10 @@ fn retiring_the_active_key_makes_a_new_one() {
     let listed = a.keys_list().unwrap();
     assert!(
         listed
-            .as_array()
-            .unwrap()
             .iter()
-            .any(|k| k["kid"] == first.as_str() && k["state"] == "retired"),
-        "{listed}"
+            .any(|k| k.kid.as_deref() == Some(first.as_str())
+                && k.state.as_deref() == Some("retired")),
+        "{listed:?}"
     );
 }
 

@@ -1,23 +1,30 @@
-//! The control socket: a Unix stream socket (mode 0600) that only root or the socket's owner
-//! may use, carrying the JSON-lines protocol of [`crate::api`].
+//! The daemon's side of the control socket: binds it (0600), checks each peer's credentials,
+//! streams events, and hands every other request of [`super::protocol`] to a [`Handler`] (on a
+//! blocking thread: state changes fsync).
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
+use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
 
-use crate::{
-    api::{Reply, Request},
-    service::Service,
-};
+use tokio::sync::broadcast;
+
+use super::protocol::{self as p, Envelope, EventLine, Request, Streaming};
+use crate::lifecycle::LifecycleEvent;
+
+/// What answers the control socket (the daemon's service).
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request that is not a stream, for `actor` (`uid:N`, `admin`).
+    fn handle(&self, req: Request, actor: &str) -> Envelope;
+    /// Subscribes to kernel hit events (`events`).
+    fn hit_events(&self) -> broadcast::Receiver<EventLine>;
+    /// Subscribes to lifecycle events (`watch`).
+    fn lifecycle_events(&self) -> broadcast::Receiver<LifecycleEvent>;
+}
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 256 * 1024;
@@ -49,7 +56,7 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Accepts clients until the runtime stops.
-pub async fn serve(listener: UnixListener, service: Arc<Service>) {
+pub async fn serve<H: Handler>(listener: UnixListener, service: Arc<H>) {
     let owner = unsafe { libc::geteuid() };
     loop {
         let (stream, _) = match listener.accept().await {
@@ -71,7 +78,7 @@ pub async fn serve(listener: UnixListener, service: Arc<Service>) {
 
 async fn write_line(
     w: &mut (impl AsyncWriteExt + Unpin),
-    reply: &impl serde::Serialize,
+    reply: &impl Serialize,
 ) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(reply)?;
     line.push(b'\n');
@@ -80,7 +87,7 @@ async fn write_line(
     Ok(())
 }
 
-async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow::Result<()> {
+async fn handle<H: Handler>(stream: UnixStream, service: Arc<H>, owner: u32) -> anyhow::Result<()> {
     let cred = stream.peer_cred()?;
     let (rd, mut wr) = stream.into_split();
     if !peer_allowed(cred.uid(), owner) {
@@ -91,7 +98,7 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
         );
         return write_line(
             &mut wr,
-            &Reply::err("permission denied: root or the socket owner only"),
+            &Envelope::err("permission denied: root or the socket owner only"),
         )
         .await;
     }
@@ -100,17 +107,17 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
     rd.read_until(b'\n', &mut line).await?;
     let req: Request = match serde_json::from_slice(&line) {
         Ok(r) => r,
-        Err(e) => return write_line(&mut wr, &Reply::err(format!("bad request: {e}"))).await,
+        Err(e) => return write_line(&mut wr, &Envelope::err(format!("bad request: {e}"))).await,
     };
-    if let Request::Watch { kinds } = &req {
-        let rx = service.lifecycle.subscribe();
-        return stream_lines(&mut wr, rx, |ev: &crate::lifecycle::LifecycleEvent| {
+    if let Request::Watch(p::Watch { kinds }) = &req {
+        let rx = service.lifecycle_events();
+        return stream_lines(&mut wr, rx, |ev: &LifecycleEvent| {
             kinds.is_empty() || kinds.contains(&ev.kind)
         })
         .await;
     }
-    if req == Request::Events {
-        return stream_lines(&mut wr, service.events.subscribe(), |_| true).await;
+    if let Request::Events(_) = req {
+        return stream_lines(&mut wr, service.hit_events(), |_| true).await;
     }
     if !req.is_read_only() {
         log::info!(
@@ -120,18 +127,18 @@ async fn handle(stream: UnixStream, service: Arc<Service>, owner: u32) -> anyhow
         );
     }
     let actor = format!("uid:{}", cred.uid());
-    let reply = tokio::task::spawn_blocking(move || service.handle_as(req, &actor)).await?;
+    let reply = tokio::task::spawn_blocking(move || service.handle(req, &actor)).await?;
     write_line(&mut wr, &reply).await
 }
 
 /// Streams a broadcast channel as JSON lines (after an `ok` reply) until the client goes.
-async fn stream_lines<T: Clone + serde::Serialize>(
+async fn stream_lines<T: Clone + Serialize>(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     mut rx: tokio::sync::broadcast::Receiver<T>,
     keep: impl Fn(&T) -> bool,
 ) -> anyhow::Result<()> {
     use tokio::sync::broadcast::error::RecvError;
-    write_line(wr, &Reply::ok(&serde_json::json!({ "streaming": true }))).await?;
+    write_line(wr, &Envelope::ok(&Streaming { streaming: true })).await?;
     loop {
         match rx.recv().await {
             Ok(ev) if keep(&ev) => write_line(wr, &ev).await?,
@@ -142,36 +149,6 @@ async fn stream_lines<T: Clone + serde::Serialize>(
             Err(RecvError::Closed) => return Ok(()),
         }
     }
-}
-
-/// Client side: sends one request and returns the reply's data, or the daemon's error.
-pub async fn call(path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
-    let (mut lines, _) = open(path, req).await?;
-    let first = lines
-        .next_line()
-        .await?
-        .context("daemon closed the connection without replying")?;
-    let reply: Reply = serde_json::from_str(&first).context("daemon sent an unreadable reply")?;
-    if !reply.ok {
-        bail!("{}", reply.error.unwrap_or_else(|| "request failed".into()));
-    }
-    Ok(reply.data.unwrap_or(serde_json::Value::Null))
-}
-
-/// Client side: opens a connection, sends `req`, and returns the reply lines.
-pub async fn open(
-    path: &Path,
-    req: &Request,
-) -> anyhow::Result<(
-    tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    PathBuf,
-)> {
-    let stream = UnixStream::connect(path)
-        .await
-        .with_context(|| format!("daemon not reachable at {}", path.display()))?;
-    let (rd, mut wr) = stream.into_split();
-    write_line(&mut wr, req).await?;
-    Ok((BufReader::new(rd).lines(), path.to_path_buf()))
 }
 
 #[cfg(test)]
@@ -198,15 +175,5 @@ mod tests {
         assert!(err.contains("already listening"), "{err}");
         drop(l);
         bind(&path).await.expect("a stale socket is replaced");
-    }
-
-    #[tokio::test]
-    async fn unreachable_daemon_is_a_clear_error() {
-        let err = call(Path::new("/nonexistent/tokenwall.sock"), &Request::Status)
-            .await
-            .unwrap_err();
-        assert!(
-            format!("{err:#}").starts_with("daemon not reachable at /nonexistent/tokenwall.sock")
-        );
     }
 }
