@@ -177,6 +177,9 @@ pub struct RevocationStore {
     /// Length of the log up to its last good record (what the file holds when healthy).
     bytes: u64,
     live: HashMap<u64, Revocation>,
+    /// Sum of the encoded sizes of the live entries' revoke records (what compaction writes,
+    /// less the header), kept current so [`RevocationStore::should_compact`] is O(1).
+    live_bytes: u64,
     health: Health,
     faults: Faults,
 }
@@ -269,6 +272,11 @@ fn clip(reason: &str) -> String {
     reason[..end].to_string()
 }
 
+/// Encoded size of the revoke record of `r`: what it adds to a compacted log.
+fn revoke_len(r: &Revocation) -> u64 {
+    encode(&Record::Revoke(r.clone())).len() as u64
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -352,12 +360,14 @@ impl RevocationStore {
         report.expired_dropped = before - live.len();
         report.live = live.len();
         let bytes = data.len() as u64;
+        let live_bytes = live.values().map(revoke_len).sum();
         Ok((
             Self {
                 path,
                 file,
                 bytes,
                 live,
+                live_bytes,
                 health: Health::Ok,
                 faults: Faults::default(),
             },
@@ -447,8 +457,11 @@ impl RevocationStore {
                 return Ok(false);
             }
         }
-        self.append(&Record::Revoke(r.clone()))?;
-        self.live.insert(r.hash, r);
+        let len = self.append(&Record::Revoke(r.clone()))?;
+        if let Some(old) = self.live.insert(r.hash, r) {
+            self.live_bytes -= revoke_len(&old);
+        }
+        self.live_bytes += len;
         Ok(existing.is_none())
     }
 
@@ -459,7 +472,16 @@ impl RevocationStore {
             reason: clip(reason),
             at: now,
         })?;
-        Ok(self.live.remove(&hash).is_some())
+        Ok(self.remove(hash))
+    }
+
+    /// Drops `hash` from the live set (not from the log); returns whether it was there.
+    fn remove(&mut self, hash: u64) -> bool {
+        let Some(old) = self.live.remove(&hash) else {
+            return false;
+        };
+        self.live_bytes -= revoke_len(&old);
+        true
     }
 
     /// Drops entries that expired by `now` and returns their hashes (nothing is written:
@@ -472,7 +494,7 @@ impl RevocationStore {
             .map(|r| r.hash)
             .collect();
         for h in &gone {
-            self.live.remove(h);
+            self.remove(*h);
         }
         gone
     }
@@ -502,17 +524,15 @@ impl RevocationStore {
         self.bytes
     }
 
-    fn live_bytes(&self) -> u64 {
-        self.live
-            .values()
-            .map(|r| encode(&Record::Revoke(r.clone())).len() as u64)
-            .sum::<u64>()
-            + MAGIC.len() as u64
+    /// What a compacted log would hold: the header and one revoke record per live entry.
+    /// Kept as a running total, so this is O(1).
+    pub fn compacted_bytes(&self) -> u64 {
+        MAGIC.len() as u64 + self.live_bytes
     }
 
     /// Whether compaction would pay: the log is over 1 MiB and over twice the live size.
     pub fn should_compact(&self) -> bool {
-        self.bytes > 1 << 20 && self.bytes > 2 * self.live_bytes()
+        self.bytes > 1 << 20 && self.bytes > 2 * self.compacted_bytes()
     }
 
     /// Rewrites the log with only the live entries: temp file, fsync, rename, fsync directory,

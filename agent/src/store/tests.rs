@@ -407,6 +407,72 @@ fn a_failed_compaction_before_the_rename_keeps_the_old_log_in_use() {
     assert_eq!(hashes(&s), expect);
 }
 
+fn recount(s: &RevocationStore) -> u64 {
+    MAGIC.len() as u64 + s.live.values().map(revoke_len).sum::<u64>()
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Revoke {
+        hash: u64,
+        expires_at: u64,
+        reason: String,
+    },
+    Unrevoke(u64),
+    Purge(u64),
+    Compact(u64),
+    Reopen(u64),
+}
+
+fn action() -> impl proptest::strategy::Strategy<Value = Action> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0..24u64, prop_oneof![Just(0u64), 1..200u64], "[a-zé]{0,40}")
+            .prop_map(|(hash, expires_at, reason)| Action::Revoke { hash, expires_at, reason }),
+        3 => (0..24u64).prop_map(Action::Unrevoke),
+        1 => (0..200u64).prop_map(Action::Purge),
+        1 => (0..200u64).prop_map(Action::Compact),
+        1 => (0..200u64).prop_map(Action::Reopen),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    #[test]
+    fn the_running_live_size_equals_a_full_recount_after_any_operations(
+        actions in proptest::collection::vec(action(), 1..40)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = RevocationStore::open(dir.path(), 0).unwrap();
+        for a in actions {
+            match a {
+                Action::Revoke { hash, expires_at, reason } => {
+                    s.revoke(Revocation { reason, ..rev(hash, expires_at) }).unwrap();
+                }
+                Action::Unrevoke(h) => {
+                    s.unrevoke(h, "u", 0).unwrap();
+                }
+                Action::Purge(now) => {
+                    s.purge_expired(now);
+                }
+                Action::Compact(now) => {
+                    s.compact(now).unwrap();
+                    proptest::prop_assert_eq!(s.log_bytes(), s.compacted_bytes());
+                }
+                Action::Reopen(now) => {
+                    drop(s);
+                    s = RevocationStore::open(dir.path(), now).unwrap().0;
+                }
+            }
+            proptest::prop_assert_eq!(s.compacted_bytes(), recount(&s));
+            proptest::prop_assert_eq!(
+                s.should_compact(),
+                s.log_bytes() > 1 << 20 && s.log_bytes() > 2 * recount(&s)
+            );
+        }
+    }
+}
+
 #[test]
 fn a_compaction_rename_that_reports_an_error_but_happened_is_followed_through() {
     let dir = tempfile::tempdir().unwrap();
