@@ -4,6 +4,10 @@
 //! that line, and deleting or reordering lines breaks the line now in that place. The log is
 //! rotated to `audit.<first seq>.log` when it grows past a limit; the chain continues across
 //! files. A torn last line (a crash mid-write) is cut off at open, leaving a verifiable chain.
+//!
+//! Nothing else is ever cut. A damaged line anywhere else is kept as it is: the daemon logs it
+//! and keeps appending, chaining from the last line, and [`verify`] reports it (see
+//! [`AuditLog::open`]). A failed append is cut back off the file before its error is returned.
 
 use std::{
     fs::{File, OpenOptions},
@@ -78,10 +82,19 @@ impl Record {
 pub struct AuditLog {
     dir: PathBuf,
     file: File,
+    /// Length of the current file up to its last complete line.
     size: u64,
     max_bytes: u64,
     last_line_hash: String,
     next_seq: u64,
+    /// Sequence number of the current file's first line (its name once rotated); `None` while
+    /// the file is empty.
+    first_seq: Option<u64>,
+    /// A rotation created the current file but syncing the directory failed: sync it before the
+    /// next append, or the file (and what it holds) could vanish in a crash.
+    dir_unsynced: bool,
+    /// Why appending stopped: a failed append could not be cut back off the file.
+    failed: Option<String>,
 }
 
 /// Where the chain first breaks.
@@ -166,9 +179,9 @@ pub fn verify(dir: &Path) -> anyhow::Result<Result<u64, Broken>> {
 pub fn export(dir: &Path, since: &str) -> anyhow::Result<Vec<Record>> {
     let mut out = Vec::new();
     for path in files(dir)? {
-        for line in BufReader::new(File::open(&path)?).lines() {
+        for (i, line) in BufReader::new(File::open(&path)?).lines().enumerate() {
             let rec: Record = serde_json::from_str(&line?)
-                .with_context(|| format!("reading {}", path.display()))?;
+                .with_context(|| format!("{}:{}: not an audit record", path.display(), i + 1))?;
             if rec.time.as_str() >= since {
                 out.push(rec);
             }
@@ -178,41 +191,65 @@ pub fn export(dir: &Path, since: &str) -> anyhow::Result<Vec<Record>> {
 }
 
 impl AuditLog {
-    /// Opens the log in `dir`, cutting off a torn last line, and finds where the chain ends.
+    /// Opens the log in `dir`, cutting off a torn last line of `audit.log`, and finds where the
+    /// chain ends.
+    ///
+    /// Only the last line of `audit.log` is ever cut, and only when it is torn: it lacks its
+    /// newline, or it does not parse and nothing follows it. Any other damaged line (in
+    /// `audit.log` or a rotated file) is kept byte for byte and logged as a warning naming the
+    /// file and line; the log still opens and new records chain from the hash of the last line,
+    /// damaged or not, so the daemon keeps recording changes and `tokenwall audit verify` keeps
+    /// reporting the damage (`file:line`). The daemon does not refuse to start over damaged
+    /// evidence: enforcement does not depend on the audit trail, and refusing would leave an
+    /// operator nothing to do but move the file away, which loses more than it protects.
     pub fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<Self> {
         let path = dir.join(CURRENT);
         let mut last_line_hash = GENESIS.to_string();
         let mut next_seq = 1;
+        let mut first_seq = None;
         // The chain may end in a rotated file when the current one is new.
         for p in files(dir)? {
-            let raw = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            let mut good = 0usize;
-            for line in raw.split_inclusive(|b| *b == b'\n') {
-                let complete = line.ends_with(b"\n");
-                let body = line.strip_suffix(b"\n").unwrap_or(line);
-                match serde_json::from_slice::<Record>(body) {
-                    Ok(r) if complete => {
-                        last_line_hash = sha256_hex(body);
-                        next_seq = r.seq + 1;
-                        good += line.len();
-                    }
-                    _ => break,
+            let current = p == path;
+            let name = p.display();
+            let mut raw = std::fs::read(&p).with_context(|| format!("reading {name}"))?;
+            if current {
+                let torn = torn_tail(&raw);
+                if torn > 0 {
+                    let keep = raw.len() - torn;
+                    log::warn!(
+                        "{name}: cutting a torn last line ({torn} bytes at byte {keep}) left by a crash or a failed write; every line before it is kept"
+                    );
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .with_context(|| format!("opening {name} to cut its torn last line"))?;
+                    f.set_len(keep as u64)
+                        .and_then(|()| f.sync_all())
+                        .with_context(|| format!("cutting the torn last line of {name}"))?;
+                    raw.truncate(keep);
                 }
             }
-            if good < raw.len() {
-                if p != path {
-                    bail!(
-                        "{} is damaged at byte {good}; run `tokenwall audit verify`",
-                        p.display()
-                    );
+            let mut damaged = Vec::new();
+            for (i, line) in raw.split_inclusive(|b| *b == b'\n').enumerate() {
+                let body = line.strip_suffix(b"\n").unwrap_or(line);
+                match serde_json::from_slice::<Record>(body) {
+                    Ok(r) => next_seq = r.seq + 1,
+                    Err(e) => {
+                        // Counted as one record, so later sequence numbers stay in step.
+                        damaged.push(format!("line {}: {e}", i + 1));
+                        next_seq += 1;
+                    }
                 }
+                if current && i == 0 {
+                    first_seq = Some(next_seq - 1);
+                }
+                last_line_hash = sha256_hex(body);
+            }
+            if let Some(first) = damaged.first() {
                 log::warn!(
-                    "audit log: cutting a torn last record ({} bytes) left by a crash",
-                    raw.len() - good
+                    "{name}: {} damaged line(s), first {first}; kept as they are (`tokenwall audit verify` reports them), new records continue the chain from the last line",
+                    damaged.len()
                 );
-                let f = OpenOptions::new().write(true).open(&p)?;
-                f.set_len(good as u64)?;
-                f.sync_all()?;
             }
         }
         let file = OpenOptions::new()
@@ -229,13 +266,27 @@ impl AuditLog {
             max_bytes,
             last_line_hash,
             next_seq,
+            first_seq,
+            dir_unsynced: false,
+            failed: None,
         })
     }
 
-    /// Appends one record and fsyncs it; returns its sequence number.
+    /// Appends one record and fsyncs it; returns its sequence number. A failed write is cut
+    /// back off the file (and that cut fsynced) before the error is returned; if the cut fails
+    /// too, every later append fails until the log is reopened.
     pub fn append(&mut self, e: Entry, time: String) -> anyhow::Result<u64> {
+        if let Some(reason) = &self.failed {
+            bail!(
+                "{}: appending is stopped: {reason}",
+                self.current().display()
+            );
+        }
         if self.size >= self.max_bytes {
             self.rotate()?;
+        }
+        if self.dir_unsynced {
+            self.sync_dir()?;
         }
         let mut rec = Record {
             seq: self.next_seq,
@@ -251,37 +302,111 @@ impl AuditLog {
         let line = serde_json::to_vec(&rec)?;
         let mut buf = line.clone();
         buf.push(b'\n');
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        if let Err(err) = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            let path = self.current();
+            if let Err(cut) = self
+                .file
+                .set_len(self.size)
+                .and_then(|()| self.file.sync_all())
+            {
+                let reason = format!(
+                    "writing a record failed ({err}) and cutting it back off failed too ({cut}); \
+                     the file may end in a partial line, so nothing more is appended until \
+                     tokenwall restarts (opening the log cuts a torn last line)"
+                );
+                log::error!("{}: {reason}", path.display());
+                self.failed = Some(reason.clone());
+                bail!("{}: {reason}", path.display());
+            }
+            return Err(anyhow::Error::new(err).context(format!(
+                "{}: writing an audit record failed; nothing was written",
+                path.display()
+            )));
+        }
         self.size += buf.len() as u64;
         self.last_line_hash = sha256_hex(&line);
         self.next_seq += 1;
+        self.first_seq.get_or_insert(rec.seq);
         Ok(rec.seq)
     }
 
-    fn rotate(&mut self) -> anyhow::Result<()> {
-        let rotated = self
-            .dir
-            .join(format!("audit.{}.log", self.first_seq_of_current()?));
-        std::fs::rename(self.dir.join(CURRENT), &rotated)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(self.dir.join(CURRENT))?;
-        File::open(&self.dir)?.sync_all()?;
-        self.size = 0;
+    fn current(&self) -> PathBuf {
+        self.dir.join(CURRENT)
+    }
+
+    fn sync_dir(&mut self) -> anyhow::Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| {
+                format!(
+                    "syncing {} after rotating the audit log",
+                    self.dir.display()
+                )
+            })?;
+        self.dir_unsynced = false;
         Ok(())
     }
 
-    fn first_seq_of_current(&self) -> anyhow::Result<u64> {
-        let f = File::open(self.dir.join(CURRENT))?;
-        let first = BufReader::new(f)
-            .lines()
-            .next()
-            .transpose()?
-            .context("rotating an empty audit log")?;
-        Ok(serde_json::from_str::<Record>(&first)?.seq)
+    fn rotate(&mut self) -> anyhow::Result<()> {
+        let first = self.first_seq.context("rotating an empty audit log")?;
+        let rotated = self.dir.join(format!("audit.{first}.log"));
+        if rotated.exists() {
+            bail!(
+                "{} already exists; refusing to overwrite it when rotating the audit log",
+                rotated.display()
+            );
+        }
+        std::fs::rename(self.current(), &rotated)
+            .with_context(|| format!("rotating the audit log to {}", rotated.display()))?;
+        let file = match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(self.current())
+        {
+            Ok(f) => f,
+            Err(e) => {
+                // Put the file back so the chain stays in one place; appending continues there.
+                let back = std::fs::rename(&rotated, self.current());
+                return Err(anyhow::Error::new(e).context(format!(
+                    "opening a new {} after rotating (moving the old one back: {})",
+                    self.current().display(),
+                    back.map_or_else(|e| e.to_string(), |()| "done".into())
+                )));
+            }
+        };
+        self.file = file;
+        self.size = 0;
+        self.first_seq = None;
+        self.dir_unsynced = true;
+        self.sync_dir()
+    }
+}
+
+/// Bytes at the end of `raw` that are a torn last line: a last line without its newline, or a
+/// complete last line that does not parse as a record. Nothing before the last line counts.
+fn torn_tail(raw: &[u8]) -> usize {
+    if raw.is_empty() {
+        return 0;
+    }
+    let body_end = if raw.ends_with(b"\n") {
+        raw.len() - 1
+    } else {
+        raw.len()
+    };
+    let start = raw[..body_end]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let complete = body_end < raw.len();
+    if complete && serde_json::from_slice::<Record>(&raw[start..body_end]).is_ok() {
+        0
+    } else {
+        raw.len() - start
     }
 }
 

@@ -11,6 +11,11 @@
 //! replay detects that (short header, short payload, bad CRC at the end, or zero fill), truncates
 //! it with a warning and keeps everything before it. Damage followed by more data is not a torn
 //! tail: the store refuses to open and leaves the file untouched for an operator to inspect.
+//!
+//! A failed append (ENOSPC, EIO) is cut back to the last good record and fsynced before the error
+//! is returned, so no later append can land after a partial record. If even that fails, the
+//! store refuses every change until it is reopened (see [`StoreError::Failed`]). Compaction
+//! never leaves appends going to the replaced file. `docs/durability.md` has the whole design.
 
 use std::{
     collections::HashMap,
@@ -118,6 +123,26 @@ pub enum StoreError {
     /// The file is not a tokenwall revocation log.
     #[error("{0}: not a tokenwall revocation log (bad header); left untouched")]
     BadHeader(PathBuf),
+    /// An append failed; it was cut back off the log, so nothing of it was recorded.
+    #[error(
+        "{path}: could not record the change: {source}; nothing was recorded (the log was cut back to its last good record)"
+    )]
+    Append {
+        /// The file.
+        path: PathBuf,
+        /// Why the append failed.
+        source: io::Error,
+    },
+    /// The store refuses changes: an append failed and could not be cut back off the log, or a
+    /// compaction replaced the log but could not finish switching to the new file. Everything
+    /// acknowledged is kept; reopening the store (restarting the daemon) clears it.
+    #[error("{path}: changes are refused: {reason}")]
+    Failed {
+        /// The file.
+        path: PathBuf,
+        /// What failed and what clears it.
+        reason: String,
+    },
     /// Damage that is not a torn tail.
     #[error(
         "{path}: corrupt record at byte {offset} ({reason}) with more data after it; the file was left untouched, inspect or move it aside"
@@ -149,8 +174,85 @@ pub struct ReplayReport {
 pub struct RevocationStore {
     path: PathBuf,
     file: File,
+    /// Length of the log up to its last good record (what the file holds when healthy).
     bytes: u64,
     live: HashMap<u64, Revocation>,
+    /// Sum of the encoded sizes of the live entries' revoke records (what compaction writes,
+    /// less the header), kept current so [`RevocationStore::should_compact`] is O(1).
+    live_bytes: u64,
+    health: Health,
+    faults: Faults,
+}
+
+/// Whether the store may append.
+#[derive(Debug)]
+enum Health {
+    Ok,
+    /// A failed append could not be cut back off: the log may end in a partial record. Only
+    /// reopening (which cuts a torn last record) clears this.
+    Broken(String),
+    /// Compaction renamed the new log into place, but syncing the directory or opening the new
+    /// file failed: `file` still names the replaced (unlinked) log and must not be written.
+    /// Each later change retries the switch first.
+    Switching(String),
+}
+
+/// A file operation of the store, named so that unit tests can make it fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// Writing a record (fails with ENOSPC after writing half of it).
+    Write,
+    /// `fdatasync` after writing a record (EIO).
+    Sync,
+    /// Cutting a failed append back off the log (EIO).
+    Truncate,
+    /// Compaction's rename (EIO reported after the rename happened, as over a network).
+    Rename,
+    /// Syncing the directory after compaction's rename (EIO).
+    DirSync,
+    /// Opening the new log after compaction's rename (EIO).
+    Reopen,
+}
+
+/// Failures injected into the store's file operations; empty (and free) outside unit tests.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Each planned operation fails this many more times.
+    #[cfg(test)]
+    planned: Vec<(Op, u32)>,
+}
+
+impl Faults {
+    /// Fails if a test planned a failure of `op`.
+    fn check(&mut self, op: Op) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(slot) = self.planned.iter_mut().find(|(o, n)| *o == op && *n > 0) {
+            slot.1 -= 1;
+            let errno = if op == Op::Write {
+                libc::ENOSPC
+            } else {
+                libc::EIO
+            };
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let _ = op;
+        Ok(())
+    }
+
+    /// `write_all`; a planned `Write` failure writes half of `buf` first, as a full disk does.
+    fn write(&mut self, file: &mut File, buf: &[u8]) -> io::Result<()> {
+        if let Err(e) = self.check(Op::Write) {
+            file.write_all(&buf[..buf.len() / 2])?;
+            return Err(e);
+        }
+        file.write_all(buf)
+    }
+
+    /// `rename`; a planned `Rename` failure is reported after the rename happened.
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)?;
+        self.check(Op::Rename)
+    }
 }
 
 fn encode(rec: &Record) -> Vec<u8> {
@@ -168,6 +270,11 @@ fn clip(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+
+/// Encoded size of the revoke record of `r`: what it adds to a compacted log.
+fn revoke_len(r: &Revocation) -> u64 {
+    encode(&Record::Revoke(r.clone())).len() as u64
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -253,28 +360,88 @@ impl RevocationStore {
         report.expired_dropped = before - live.len();
         report.live = live.len();
         let bytes = data.len() as u64;
+        let live_bytes = live.values().map(revoke_len).sum();
         Ok((
             Self {
                 path,
                 file,
                 bytes,
                 live,
+                live_bytes,
+                health: Health::Ok,
+                faults: Faults::default(),
             },
             report,
         ))
     }
 
-    fn append(&mut self, rec: &Record) -> Result<(), StoreError> {
+    fn failed(&self, reason: String) -> StoreError {
+        StoreError::Failed {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Whether a change may be appended now; retries an unfinished compaction switch first.
+    fn writable(&mut self) -> Result<(), StoreError> {
+        match &self.health {
+            Health::Ok => Ok(()),
+            Health::Broken(reason) => Err(self.failed(reason.clone())),
+            Health::Switching(reason) => {
+                let reason = reason.clone();
+                match self.switch_to_new_log() {
+                    Ok(()) => {
+                        log::info!(
+                            "{}: the compacted log is open now; changes are accepted again",
+                            self.path.display()
+                        );
+                        self.health = Health::Ok;
+                        Ok(())
+                    }
+                    Err(e) => Err(self.failed(format!("{reason}; retrying failed too: {e}"))),
+                }
+            }
+        }
+    }
+
+    /// Appends one record and fsyncs it; returns its encoded length. A failed append is cut
+    /// back off the log (and that cut fsynced) before the error is returned; if the cut fails
+    /// too, the store refuses every later change until it is reopened.
+    fn append(&mut self, rec: &Record) -> Result<u64, StoreError> {
+        self.writable()?;
         let buf = encode(rec);
-        self.file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|source| StoreError::Io {
+        let written = self
+            .faults
+            .write(&mut self.file, &buf)
+            .and_then(|()| self.faults.check(Op::Sync))
+            .and_then(|()| self.file.sync_data());
+        let Err(source) = written else {
+            self.bytes += buf.len() as u64;
+            return Ok(buf.len() as u64);
+        };
+        // Part of the record may be in the file (a short write) or in the page cache (a failed
+        // fsync). Cut the file back to the last good record so nothing can follow garbage.
+        let cut = self
+            .faults
+            .check(Op::Truncate)
+            .and_then(|()| self.file.set_len(self.bytes))
+            .and_then(|()| self.file.sync_all());
+        match cut {
+            Ok(()) => Err(StoreError::Append {
                 path: self.path.clone(),
                 source,
-            })?;
-        self.bytes += buf.len() as u64;
-        Ok(())
+            }),
+            Err(cut) => {
+                let reason = format!(
+                    "writing a record failed ({source}) and cutting it back off the log failed too ({cut}); \
+                     the log may end in a partial record, so nothing more is appended until tokenwall \
+                     restarts (opening the log cuts a torn last record); everything acknowledged is kept"
+                );
+                log::error!("{}: {reason}", self.path.display());
+                self.health = Health::Broken(reason.clone());
+                Err(self.failed(reason))
+            }
+        }
     }
 
     /// Records a revocation durably, then applies it. If the hash is already revoked, the later
@@ -290,8 +457,11 @@ impl RevocationStore {
                 return Ok(false);
             }
         }
-        self.append(&Record::Revoke(r.clone()))?;
-        self.live.insert(r.hash, r);
+        let len = self.append(&Record::Revoke(r.clone()))?;
+        if let Some(old) = self.live.insert(r.hash, r) {
+            self.live_bytes -= revoke_len(&old);
+        }
+        self.live_bytes += len;
         Ok(existing.is_none())
     }
 
@@ -302,7 +472,16 @@ impl RevocationStore {
             reason: clip(reason),
             at: now,
         })?;
-        Ok(self.live.remove(&hash).is_some())
+        Ok(self.remove(hash))
+    }
+
+    /// Drops `hash` from the live set (not from the log); returns whether it was there.
+    fn remove(&mut self, hash: u64) -> bool {
+        let Some(old) = self.live.remove(&hash) else {
+            return false;
+        };
+        self.live_bytes -= revoke_len(&old);
+        true
     }
 
     /// Drops entries that expired by `now` and returns their hashes (nothing is written:
@@ -315,7 +494,7 @@ impl RevocationStore {
             .map(|r| r.hash)
             .collect();
         for h in &gone {
-            self.live.remove(h);
+            self.remove(*h);
         }
         gone
     }
@@ -345,27 +524,27 @@ impl RevocationStore {
         self.bytes
     }
 
-    fn live_bytes(&self) -> u64 {
-        self.live
-            .values()
-            .map(|r| encode(&Record::Revoke(r.clone())).len() as u64)
-            .sum::<u64>()
-            + MAGIC.len() as u64
+    /// What a compacted log would hold: the header and one revoke record per live entry.
+    /// Kept as a running total, so this is O(1).
+    pub fn compacted_bytes(&self) -> u64 {
+        MAGIC.len() as u64 + self.live_bytes
     }
 
     /// Whether compaction would pay: the log is over 1 MiB and over twice the live size.
     pub fn should_compact(&self) -> bool {
-        self.bytes > 1 << 20 && self.bytes > 2 * self.live_bytes()
+        self.bytes > 1 << 20 && self.bytes > 2 * self.compacted_bytes()
     }
 
-    /// Rewrites the log with only the live entries: temp file, fsync, rename, fsync directory.
+    /// Rewrites the log with only the live entries: temp file, fsync, rename, fsync directory,
+    /// open the new file. Before the rename a failure leaves the old log in use (and removes the
+    /// temp file). After it, the old handle names the replaced file and is never written again:
+    /// if syncing the directory or opening the new file fails, changes are refused
+    /// ([`StoreError::Failed`]) until a later change retries both successfully. Either file holds
+    /// every acknowledged entry, so a crash at any step loses nothing.
     pub fn compact(&mut self, now: u64) -> Result<(), StoreError> {
+        self.writable()?;
         self.purge_expired(now);
-        let dir = self
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let dir = self.dir();
         let tmp = dir.join(format!("{LOG}.compact"));
         let io_err = |source| StoreError::Io {
             path: tmp.clone(),
@@ -377,24 +556,85 @@ impl RevocationStore {
         for r in entries {
             buf.extend_from_slice(&encode(&Record::Revoke(r.clone())));
         }
-        let mut f = OpenOptions::new()
+        let written = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(io_err)?;
-        f.write_all(&buf)
-            .and_then(|()| f.sync_all())
-            .map_err(io_err)?;
-        std::fs::rename(&tmp, &self.path)
-            .and_then(|()| sync_dir(&dir))
-            .map_err(io_err)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io_err)?;
+            .and_then(|mut f| f.write_all(&buf).and_then(|()| f.sync_all()))
+            .and_then(|()| self.faults.rename(&tmp, &self.path));
+        if let Err(e) = written {
+            if self.path_names_open_log() {
+                // The old log is still in place and in use; do not leave a copy on a full disk.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_err(e));
+            }
+            // The rename happened after all (or nobody can tell): go on as after a rename.
+            log::warn!(
+                "{}: compaction failed ({e}), but the log was replaced anyway",
+                self.path.display()
+            );
+        }
+        // From here the old handle names the replaced file: nothing may be appended to it.
         self.bytes = buf.len() as u64;
+        match self.switch_to_new_log() {
+            Ok(()) => {
+                self.health = Health::Ok;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!(
+                    "compaction replaced the log, but {e}; nothing is appended to the replaced \
+                     file, so changes are refused until the new log is open (each change retries; \
+                     restarting tokenwall also clears this); everything acknowledged is kept"
+                );
+                log::error!("{}: {reason}", self.path.display());
+                self.health = Health::Switching(reason.clone());
+                Err(self.failed(reason))
+            }
+        }
+    }
+
+    /// Whether the log's path still names the file this store appends to.
+    fn path_names_open_log(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// The second half of compaction: makes the rename durable, then opens the new log (which
+    /// must be exactly what compaction wrote) for appending.
+    fn switch_to_new_log(&mut self) -> Result<(), String> {
+        self.faults
+            .check(Op::DirSync)
+            .and_then(|()| sync_dir(&self.dir()))
+            .map_err(|e| format!("syncing the directory failed ({e})"))?;
+        let file = self
+            .faults
+            .check(Op::Reopen)
+            .and_then(|()| OpenOptions::new().append(true).open(&self.path))
+            .map_err(|e| format!("opening the new log failed ({e})"))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("reading the new log's size failed ({e})"))?
+            .len();
+        if len != self.bytes {
+            return Err(format!(
+                "the new log is {len} bytes, not the {} compaction wrote (was it replaced?)",
+                self.bytes
+            ));
+        }
+        self.file = file;
         Ok(())
     }
 }
