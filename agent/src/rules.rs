@@ -50,23 +50,8 @@ pub fn rule_hash(key: &HashKey, kind: RuleKind, issuer: Option<&str>, name: &str
 /// not learned (and counted).
 pub const MAX_LEARNED_HEADERS_PER_KEY: usize = 16;
 
-/// Why a checked token was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// Revoked, directly or by a rule (the description says which, without names).
-    Revoked(&'static str),
-    /// Failed validation.
-    Invalid(Rejection),
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Revoked(what) => write!(f, "token revoked ({what})"),
-            Refusal::Invalid(r) => r.fmt(f),
-        }
-    }
-}
+pub use crate::types::Refusal;
+use crate::types::RevokedBy;
 
 /// A string claim of a token's payload read without verifying it (to pick a JWKS to refetch,
 /// or the jti and issuer of a token an operator revoked).
@@ -96,14 +81,14 @@ enum StoreHit {
 /// Whether the store revokes the token itself or its header segment (a signing key).
 fn revoked_in_store(inner: &Inner, h: &TokenHashes) -> Option<StoreHit> {
     if inner.store.get(h.key).is_some() {
-        return Some(StoreHit::Revoked(Refusal::Revoked("token")));
+        return Some(StoreHit::Revoked(Refusal::Revoked(RevokedBy::Token)));
     }
     if inner
         .store
         .get(h.header)
         .is_some_and(|r| r.scope == Scope::SigningKey)
     {
-        return Some(StoreHit::Revoked(Refusal::Revoked("signing key")));
+        return Some(StoreHit::Revoked(Refusal::Revoked(RevokedBy::SigningKey)));
     }
     if h.whole != h.key
         && let Some(r) = inner.store.get(h.whole).filter(|r| r.scope == Scope::Token)
@@ -174,7 +159,7 @@ impl Service {
             Some(StoreHit::Revoked(refusal)) => return Err(refusal),
             Some(StoreHit::Legacy { expires_at }) => {
                 self.learn_token(hashes.key, Some(expires_at).filter(|e| *e != 0), "token");
-                return Err(Refusal::Revoked("token"));
+                return Err(Refusal::Revoked(RevokedBy::Token));
             }
             None => {}
         }
@@ -203,15 +188,15 @@ impl Service {
                 }
             }
         };
-        if let Some(what) = self.covering_rule(&v) {
+        if let Some(kind) = self.covering_rule(&v) {
             self.cache().remove(hashes.whole);
-            if what == "kid" {
+            if kind == RuleKind::Kid {
                 // A kid rule covers every token under this (verified) header.
                 self.learn_header_of(&v.kid, hashes.header);
             } else {
-                self.learn_token(hashes.key, v.exp.map(|e| e + JWT_EXP_MARGIN), what);
+                self.learn_token(hashes.key, v.exp.map(|e| e + JWT_EXP_MARGIN), kind.name());
             }
-            return Err(Refusal::Revoked(what));
+            return Err(Refusal::Revoked(RevokedBy::Rule(kind)));
         }
         Ok(v)
     }
@@ -300,11 +285,11 @@ impl Service {
     }
 
     /// The kind of the first rule covering a verified token.
-    fn covering_rule(&self, v: &Verified) -> Option<&'static str> {
+    fn covering_rule(&self, v: &Verified) -> Option<RuleKind> {
         self.covering_rule_in(&self.lock(), v)
     }
 
-    fn covering_rule_in(&self, inner: &Inner, v: &Verified) -> Option<&'static str> {
+    fn covering_rule_in(&self, inner: &Inner, v: &Verified) -> Option<RuleKind> {
         let iat = v.claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
         let iss = claim(v, "iss");
         // A rule for every issuer, or one scoped to this token's issuer.
@@ -318,17 +303,17 @@ impl Service {
                 .find(|r| r.scope == scope(kind))
         };
         if rule(RuleKind::Jti, claim(v, "jti")).is_some() {
-            return Some("jti");
+            return Some(RuleKind::Jti);
         }
         if rule(RuleKind::Kid, &v.kid).is_some() {
-            return Some("kid");
+            return Some(RuleKind::Kid);
         }
         for (kind, name) in [
             (RuleKind::Sub, claim(v, "sub")),
             (RuleKind::Client, claim(v, "client_id")),
         ] {
             if rule(kind, name).is_some_and(|r| iat <= r.revoked_at) {
-                return Some(kind.name());
+                return Some(kind);
             }
         }
         None
@@ -356,7 +341,7 @@ impl Service {
             return unknown;
         }
         self.learn_header_of(&kid, hashes.header);
-        Refusal::Revoked("signing key")
+        Refusal::Revoked(RevokedBy::SigningKey)
     }
 
     /// Stores a revoked JWS header segment (durably) and puts it in the kernel's header map.

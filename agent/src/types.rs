@@ -3,7 +3,6 @@
 
 use std::{fmt, str::FromStr};
 
-use agent_common::hash::{HashKey, revocation_hash, revocation_key_len, token_hash};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 
 /// A keyed hash naming a token (or a header segment, or a rule) without revealing it. Shown
@@ -51,39 +50,6 @@ impl<'de> Deserialize<'de> for TokenHash {
     }
 }
 
-/// The keyed hashes one token check needs, computed once per check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TokenHashes {
-    /// The revocation key and fingerprint: the hash of a JWS's signing input (every signature
-    /// of the same content), of anything else whole. What the kernel looks up.
-    pub key: TokenHash,
-    /// The hash of the whole token: what the verified-token cache is keyed on (a cached answer
-    /// must only ever be served for the exact signature that was verified), and what
-    /// revocations recorded before signing-input keying were keyed on.
-    pub whole: TokenHash,
-    /// The hash of the first segment (a JWS header: every token of one signing key).
-    pub header: TokenHash,
-}
-
-impl TokenHashes {
-    /// Hashes `token` under `key`.
-    pub fn of(key: &HashKey, token: &str) -> Self {
-        let bytes = token.as_bytes();
-        let revocation = revocation_hash(key, bytes);
-        let whole = if revocation_key_len(bytes) == bytes.len() {
-            revocation
-        } else {
-            token_hash(key, bytes)
-        };
-        let header = token.split('.').next().unwrap_or_default();
-        Self {
-            key: TokenHash(revocation),
-            whole: TokenHash(whole),
-            header: TokenHash(token_hash(key, header.as_bytes())),
-        }
-    }
-}
-
 /// What a revocation rule names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -128,6 +94,74 @@ impl fmt::Display for RevokedBy {
             RevokedBy::SigningKey => "signing key",
             RevokedBy::Rule(k) => k.name(),
         })
+    }
+}
+
+/// Why validation refused a token (its `Display` goes into `WWW-Authenticate`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Not three base64url JSON segments, or unreadable JSON.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// Over a size limit.
+    #[error("token too large: {0}")]
+    TooLarge(&'static str),
+    /// `alg: none` (any case).
+    #[error("unsigned tokens (alg none) are not accepted")]
+    AlgNone,
+    /// An algorithm jsonwebtoken does not know.
+    #[error("unsupported algorithm")]
+    UnsupportedAlgorithm,
+    /// A `crit` header names extensions this validator does not implement.
+    #[error("unsupported critical header parameter")]
+    UnsupportedCritical,
+    /// No configured key for the token's `kid` (or no unambiguous key without one).
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// The header's `alg` is not the one algorithm of the selected key.
+    #[error("algorithm not allowed for this key")]
+    AlgorithmMismatch,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// `typ` is not the required one.
+    #[error("wrong token type")]
+    WrongType,
+    /// `iss` is missing or not the key's issuer.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `aud` is missing or names none of the accepted audiences.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// `exp` is missing (when required) or not a number.
+    #[error("missing or invalid exp")]
+    MissingExpiry,
+    /// `exp` plus leeway has passed.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` minus leeway is still ahead.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iat` is further in the future than the leeway allows.
+    #[error("token issued in the future")]
+    IssuedInFuture,
+}
+
+/// Why a checked token was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Revoked, directly or by a rule (the description says which, without names).
+    Revoked(RevokedBy),
+    /// Failed validation.
+    Invalid(Rejection),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Revoked(by) => write!(f, "token revoked ({by})"),
+            Refusal::Invalid(r) => r.fmt(f),
+        }
     }
 }
 
