@@ -86,22 +86,10 @@ async fn forward_auth(State(svc): Svc, headers: HeaderMap) -> Response {
         }
     };
     match decision {
-        Ok(AuthDecision::Allow {
-            subject,
-            client,
-            scopes,
-            token_id,
-        }) => {
+        Ok(AuthDecision::Allow(identity)) => {
             let mut r = StatusCode::OK.into_response();
-            for (name, value) in [
-                ("x-auth-subject", subject),
-                ("x-auth-client", client),
-                ("x-auth-scopes", scopes),
-                ("x-auth-token-id", token_id),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    r.headers_mut().insert(name, v);
-                }
+            for (name, value) in identity.headers() {
+                r.headers_mut().insert(name, value.clone());
             }
             r
         }
