@@ -45,22 +45,15 @@ impl Testbed {
         addr: &str,
         answer: impl Fn(&str) -> Answer + Send + 'static,
     ) -> anyhow::Result<NsServer> {
-        let netns = std::fs::File::open(format!("/run/netns/{ns}"))
-            .with_context(|| format!("opening namespace {ns}"))?;
         let addr: SocketAddr = addr.parse()?;
+        let ns = ns.to_string();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (bound_tx, bound_rx) = mpsc::channel();
         let (h, s) = (heads.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            // SAFETY: `netns` is an open namespace file for the duration of the call; setns
-            // with CLONE_NEWNET moves only this thread into that network namespace.
-            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                let _ = bound_tx.send(Err(anyhow::anyhow!(
-                    "setns: {}",
-                    std::io::Error::last_os_error()
-                )));
+            if let Err(e) = enter(&ns) {
+                let _ = bound_tx.send(Err(e));
                 return;
             }
             let listener = match TcpListener::bind(addr).and_then(|l| {
@@ -93,6 +86,32 @@ impl Testbed {
             heads,
             stop,
             thread: Some(thread),
+        })
+    }
+}
+
+/// Moves the calling thread into namespace `ns`.
+fn enter(ns: &str) -> anyhow::Result<()> {
+    let netns = std::fs::File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("opening namespace {ns}"))?;
+    // SAFETY: `netns` is an open namespace file for the duration of the call; setns with
+    // CLONE_NEWNET moves only the calling thread into that network namespace.
+    let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+    anyhow::ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+impl Testbed {
+    /// Runs `f` on a thread inside namespace `ns` (sockets it opens live there) and returns
+    /// its result; a panic in `f` is raised here.
+    pub fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter(ns).expect("entering the namespace");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
     }
 }
