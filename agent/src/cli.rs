@@ -311,6 +311,13 @@ pub struct RunArgs {
     /// Address of the HTTP API (forward-auth, OAuth endpoints, JWKS) [default: 127.0.0.1:7070].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    /// Seconds a client has to send a request's headers on the HTTP API; a kept-alive
+    /// connection idle this long is closed too [default: 10].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_read_timeout: Option<u64>,
+    /// Most HTTP API connections at once; more wait in the listen backlog [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: Option<u64>,
     /// `iss` of the tokens this host issues [default: http://<--http>].
     #[arg(long, value_name = "URL")]
     pub issuer: Option<String>,
@@ -368,6 +375,20 @@ impl RunArgs {
     /// The HTTP API address.
     pub fn http(&self) -> std::net::SocketAddr {
         self.http.unwrap_or(([127, 0, 0, 1], 7070).into())
+    }
+
+    /// The HTTP API limits (header-read timeout, connection limit).
+    pub fn http_limits(&self) -> Result<crate::http::Limits, crate::http::LimitsError> {
+        use crate::http::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits};
+        let timeout = self
+            .http_header_read_timeout
+            .map_or(DEFAULT_HEADER_READ_TIMEOUT, std::time::Duration::from_secs);
+        let max = self
+            .http_max_connections
+            .map_or(DEFAULT_MAX_CONNECTIONS, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            });
+        Limits::new(timeout, max)
     }
 }
 

@@ -24,6 +24,10 @@ use crate::{
 pub struct ConfigFile {
     /// `--http`.
     pub http: Option<std::net::SocketAddr>,
+    /// `--http-header-read-timeout` (seconds).
+    pub http_header_read_timeout: Option<u64>,
+    /// `--http-max-connections`.
+    pub http_max_connections: Option<u64>,
     /// `--issuer`.
     pub issuer: Option<String>,
     /// `--audience`.
@@ -138,6 +142,8 @@ impl ConfigFile {
         }
         fill!(
             http,
+            http_header_read_timeout,
+            http_max_connections,
             issuer,
             audience,
             access_ttl,
@@ -246,5 +252,53 @@ mod tests {
         assert_eq!(args.audience.as_deref(), Some("cli"));
         assert_eq!(args.access_ttl, Some(60));
         assert_eq!(file.clients[0].scopes, ["a"]);
+    }
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["tokenwall", "run", "--iface", "eth0"];
+        argv.extend_from_slice(extra);
+        match crate::cli::parse(argv).unwrap().command {
+            crate::cli::Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn http_limits_come_from_flags_then_the_file_then_the_defaults() {
+        use crate::http::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
+        use std::time::Duration;
+        let limits = run_args(&[]).http_limits().unwrap();
+        assert_eq!(
+            (limits.header_read_timeout(), limits.max_connections()),
+            (DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS)
+        );
+        let file: ConfigFile =
+            toml::from_str("http_header_read_timeout = 3\nhttp_max_connections = 64\n").unwrap();
+        let mut args = run_args(&["--http-max-connections", "8"]);
+        file.fill(&mut args);
+        let limits = args.http_limits().unwrap();
+        assert_eq!(
+            (limits.header_read_timeout(), limits.max_connections()),
+            (Duration::from_secs(3), 8)
+        );
+        // Zero is refused: on the command line by clap, in the file when the limits are made.
+        assert!(
+            crate::cli::parse([
+                "tokenwall",
+                "run",
+                "--iface",
+                "e",
+                "--http-max-connections",
+                "0"
+            ])
+            .is_err()
+        );
+        let file: ConfigFile = toml::from_str("http_header_read_timeout = 0").unwrap();
+        let mut args = run_args(&[]);
+        file.fill(&mut args);
+        assert_eq!(
+            args.http_limits().unwrap_err(),
+            crate::http::LimitsError::ZeroTimeout
+        );
     }
 }

@@ -101,6 +101,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&args.state_dir)
         .with_context(|| format!("creating state directory {}", args.state_dir.display()))?;
+    let http_limits = args.http_limits()?;
     let key = hashkey::load_or_create(&args.state_dir)?;
     let cfg = build_config(key, &args)?;
     let (store, report) = RevocationStore::open(&args.state_dir, now()).with_context(|| {
@@ -216,7 +217,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let http_listener = tokio::net::TcpListener::bind(args.http())
         .await
         .with_context(|| format!("binding the HTTP API on {}", args.http()))?;
-    tokio::spawn(http::serve(http_listener, service.clone()));
+    tokio::spawn(http::serve(http_listener, service.clone(), http_limits));
     log::info!(
         "ready: {} on {} ports {:?}, action {}, control socket {}",
         args.hook.name(),

@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn refusals_map_to_the_documented_outcomes() {
-        assert_eq!(outcome(&Refusal::Revoked("token")), "revoked");
+        assert_eq!(outcome(&Refusal::Revoked(crate::types::RevokedBy::Token)), "revoked");
         assert_eq!(outcome(&Refusal::Invalid(Rejection::Expired)), "expired");
         assert_eq!(outcome(&Refusal::Invalid(Rejection::AlgNone)), "malformed");
         assert_eq!(

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use agent_common::hash::revocation_hash;
+use axum::http::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::{
@@ -17,25 +18,124 @@ use crate::{
     until::{JWT_EXP_MARGIN, now},
 };
 
+/// `X-Auth-Issuer` of a request authorized by an API key (API keys have no `iss`).
+pub const API_KEY_ISSUER: &str = "tokenwall:api-key";
+/// Longest identity header value, in bytes.
+pub const MAX_IDENTITY_VALUE_BYTES: usize = 1024;
+
+/// Why a claim cannot be handed on as an identity header.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// Not visible ASCII with inner spaces (control bytes, non-ASCII, leading or trailing
+    /// whitespace).
+    #[error("claim {claim} is not a valid HTTP header value")]
+    NotAHeaderValue {
+        /// The claim's name (never its value).
+        claim: &'static str,
+    },
+    /// Longer than [`MAX_IDENTITY_VALUE_BYTES`].
+    #[error("claim {claim} is longer than {MAX_IDENTITY_VALUE_BYTES} bytes")]
+    TooLong {
+        /// The claim's name (never its value).
+        claim: &'static str,
+    },
+}
+
+/// One identity header's value: empty, or visible ASCII (0x21-0x7e) with inner spaces, at most
+/// [`MAX_IDENTITY_VALUE_BYTES`] long. Anything else is refused, never dropped or rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityValue(HeaderValue);
+
+impl IdentityValue {
+    /// The value of `claim`, if it is a valid identity header value.
+    pub fn new(claim: &'static str, value: &str) -> Result<Self, IdentityError> {
+        if value.len() > MAX_IDENTITY_VALUE_BYTES {
+            return Err(IdentityError::TooLong { claim });
+        }
+        let visible = |b: &u8| (0x21..=0x7e).contains(b);
+        let bytes = value.as_bytes();
+        let ok = bytes.iter().all(|b| visible(b) || *b == b' ')
+            && bytes.first().is_none_or(visible)
+            && bytes.last().is_none_or(visible);
+        if !ok {
+            return Err(IdentityError::NotAHeaderValue { claim });
+        }
+        HeaderValue::from_str(value)
+            .map(Self)
+            .map_err(|_| IdentityError::NotAHeaderValue { claim })
+    }
+
+    /// The header value.
+    pub fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+/// Who an allowed request is, as handed to the upstream in the `X-Auth-*` headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `sub` (an API key's name).
+    pub subject: IdentityValue,
+    /// `client_id` (empty for API keys).
+    pub client: IdentityValue,
+    /// `scope`.
+    pub scopes: IdentityValue,
+    /// `jti` (an API key's fingerprint).
+    pub token_id: IdentityValue,
+    /// `iss` ([`API_KEY_ISSUER`] for API keys): upstreams must not trust a subject without it.
+    pub issuer: IdentityValue,
+}
+
+impl Identity {
+    /// From the claims of a verified token.
+    fn of_token(v: &Verified) -> Result<Self, IdentityError> {
+        let claim = |name: &'static str| IdentityValue::new(name, v.claim_str(name).unwrap_or(""));
+        Ok(Self {
+            subject: claim("sub")?,
+            client: claim("client_id")?,
+            scopes: claim("scope")?,
+            token_id: claim("jti")?,
+            issuer: claim("iss")?,
+        })
+    }
+
+    /// The response headers, lower-case names.
+    pub fn headers(&self) -> [(HeaderName, &HeaderValue); 5] {
+        [
+            (
+                HeaderName::from_static("x-auth-subject"),
+                self.subject.header(),
+            ),
+            (
+                HeaderName::from_static("x-auth-client"),
+                self.client.header(),
+            ),
+            (
+                HeaderName::from_static("x-auth-scopes"),
+                self.scopes.header(),
+            ),
+            (
+                HeaderName::from_static("x-auth-token-id"),
+                self.token_id.header(),
+            ),
+            (
+                HeaderName::from_static("x-auth-issuer"),
+                self.issuer.header(),
+            ),
+        ]
+    }
+}
+
 /// The answer to a forward-auth request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthDecision {
-    /// 200 with identity headers.
-    Allow {
-        /// `sub`.
-        subject: String,
-        /// `client_id`.
-        client: String,
-        /// `scope`.
-        scopes: String,
-        /// `jti`.
-        token_id: String,
-    },
+    /// 200 with the identity headers.
+    Allow(Identity),
     /// 401 without an error code: no bearer credentials at all (RFC 6750 section 3.1).
     NoCredentials,
     /// 400 `invalid_request`: a malformed `Authorization` header.
     InvalidRequest(String),
-    /// 401 `invalid_token` with a description (never the token).
+    /// 401 `invalid_token` with a description (never the token, nor a claim's value).
     InvalidToken(String),
 }
 
@@ -108,13 +208,13 @@ fn presented<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) -> Pr
 }
 
 /// The decision for a checked token.
+/// A claim that cannot be an identity header refuses the token (an upstream must never see a
+/// request without, or with a rewritten, identity).
 fn token_decision(checked: Result<Arc<Verified>, Refusal>) -> AuthDecision {
     match checked {
-        Ok(v) => AuthDecision::Allow {
-            subject: v.claim_str("sub").unwrap_or_default().into(),
-            client: v.claim_str("client_id").unwrap_or_default().into(),
-            scopes: v.claim_str("scope").unwrap_or_default().into(),
-            token_id: v.claim_str("jti").unwrap_or_default().into(),
+        Ok(v) => match Identity::of_token(&v) {
+            Ok(id) => AuthDecision::Allow(id),
+            Err(e) => AuthDecision::InvalidToken(e.to_string()),
         },
         Err(r) => AuthDecision::InvalidToken(r.to_string()),
     }
@@ -151,14 +251,21 @@ impl Service {
         if self.lock().store.get(hash).is_some() {
             return AuthDecision::InvalidToken("API key revoked".into());
         }
-        match self.authority().api_key(presented) {
-            Some(k) => AuthDecision::Allow {
-                subject: k.name.clone(),
-                client: String::new(),
-                scopes: k.scopes.join(" "),
-                token_id: fingerprint(hash),
-            },
-            None => AuthDecision::InvalidToken("unknown API key".into()),
+        let identity = match self.authority().api_key(presented) {
+            Some(k) => (|| {
+                Ok::<_, IdentityError>(Identity {
+                    subject: IdentityValue::new("name", &k.name)?,
+                    client: IdentityValue::new("client", "")?,
+                    scopes: IdentityValue::new("scopes", &k.scopes.join(" "))?,
+                    token_id: IdentityValue::new("fingerprint", &fingerprint(hash))?,
+                    issuer: IdentityValue::new("iss", API_KEY_ISSUER)?,
+                })
+            })(),
+            None => return AuthDecision::InvalidToken("unknown API key".into()),
+        };
+        match identity {
+            Ok(id) => AuthDecision::Allow(id),
+            Err(e) => AuthDecision::InvalidToken(format!("API key: {e}")),
         }
     }
 
@@ -383,5 +490,89 @@ impl Service {
             active: true,
             claims,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verified(claims: Value) -> Result<Arc<Verified>, Refusal> {
+        let Value::Object(claims) = claims else {
+            unreachable!()
+        };
+        Ok(Arc::new(Verified {
+            kid: "k".into(),
+            alg: jsonwebtoken::Algorithm::ES256,
+            claims,
+            exp: None,
+            header_segment_len: 10,
+        }))
+    }
+
+    #[test]
+    fn allow_carries_the_issuer_with_the_other_identity_headers() {
+        let d = token_decision(verified(json!({
+            "iss": "https://partner.test", "sub": "admin", "client_id": "c",
+            "scope": "a b", "jti": "j1",
+        })));
+        let AuthDecision::Allow(id) = d else {
+            panic!("{d:?}")
+        };
+        let headers: Vec<(String, &str)> = id
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-auth-subject".to_string(), "admin"),
+                ("x-auth-client".into(), "c"),
+                ("x-auth-scopes".into(), "a b"),
+                ("x-auth-token-id".into(), "j1"),
+                ("x-auth-issuer".into(), "https://partner.test"),
+            ]
+        );
+        // Absent claims are empty headers (the gateways then send none).
+        let AuthDecision::Allow(id) = token_decision(verified(json!({ "iss": "i" }))) else {
+            panic!()
+        };
+        assert_eq!(id.subject.header(), "");
+    }
+
+    #[test]
+    fn a_claim_that_is_not_a_header_value_refuses_the_token_naming_the_claim_not_the_value() {
+        let long = "a".repeat(MAX_IDENTITY_VALUE_BYTES + 1);
+        for (claim, value) in [
+            ("sub", "admin\r\nx-auth-subject: root"),
+            ("sub", "tab\there"),
+            ("sub", "del\u{7f}"),
+            ("sub", "Jos\u{e9}"),
+            ("sub", " padded"),
+            ("sub", "padded "),
+            ("scope", long.as_str()),
+            ("iss", "https://idp.test/\u{0}"),
+            ("jti", "\u{1b}[31m"),
+            ("client_id", "c\u{85}"),
+        ] {
+            let mut claims =
+                json!({ "iss": "i", "sub": "s", "scope": "x", "jti": "j", "client_id": "c" });
+            claims[claim] = json!(value);
+            match token_decision(verified(claims)) {
+                AuthDecision::InvalidToken(d) => {
+                    assert!(d.contains(&format!("claim {claim} ")), "{d}");
+                    assert!(!d.contains(value), "the value must not be echoed: {d}");
+                }
+                other => panic!("{claim}={value:?} was not refused: {other:?}"),
+            }
+        }
+        let at_limit = "a".repeat(MAX_IDENTITY_VALUE_BYTES);
+        assert!(matches!(
+            token_decision(verified(
+                json!({ "iss": "i", "scope": at_limit, "sub": "a b" })
+            )),
+            AuthDecision::Allow(_)
+        ));
     }
 }

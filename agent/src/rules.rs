@@ -16,7 +16,10 @@ use crate::{
     lifecycle::{EventKind, LifecycleEvent},
     service::{Inner, Service},
     store::{Revocation, Scope},
-    tokens::validate::{Rejection, Verified},
+    tokens::{
+        jwks::KeyChanges,
+        validate::{Rejection, Verified},
+    },
     types::TokenHash,
     until::{JWT_EXP_MARGIN, now},
 };
@@ -164,14 +167,18 @@ impl Service {
             None => {}
         }
         let now = now();
-        let cached = self.cache().get(hashes.whole, now);
+        let (cached, generation) = {
+            let mut cache = self.cache();
+            (cache.get(hashes.whole, now), cache.generation())
+        };
         let v = match cached {
             Some(v) => v,
             None => {
                 let mut result = self.validate_uncached(token, hashes, now);
-                // An unknown kid may be a rotation at a remote issuer: refetch its JWKS once
+                // An unknown kid may be a rotation at a remote issuer, and a bad signature a
+                // key replaced under its old kid: refetch that issuer's JWKS once
                 // (rate-limited per URL) and try again.
-                if matches!(result, Err(Rejection::UnknownKey))
+                if matches!(result, Err(Rejection::UnknownKey | Rejection::BadSignature))
                     && let Some(iss) = unverified_claim(token, "iss")
                     && self.refresh_jwks(Some(&iss))
                 {
@@ -180,7 +187,14 @@ impl Service {
                 match result {
                     Ok(v) => {
                         let v = Arc::new(v);
-                        self.cache().insert(hashes.whole, v.clone(), now);
+                        // Not cached if a key changed while it was verified (the generation
+                        // was read before).
+                        self.cache().insert_unless_dropped(
+                            hashes.whole,
+                            v.clone(),
+                            now,
+                            generation,
+                        );
                         v
                     }
                     Err(Rejection::UnknownKey) => return Err(self.learn_header(token, hashes)),
@@ -255,23 +269,40 @@ impl Service {
         }
     }
 
-    /// Fetches remote JWKS: those due a refresh, or for an unknown kid those of `issuer`.
-    /// Network I/O happens outside every lock. Returns whether any trusted key set changed.
+    /// Fetches remote JWKS: those due a refresh, or (for an unknown kid or a bad signature)
+    /// those of `issuer`. Network I/O happens outside every lock. Cached verifications made
+    /// with a key that was replaced (new material under its `kid`) or removed are dropped.
+    /// Returns whether any trusted key changed.
     pub fn refresh_jwks(&self, unknown_kid_of: Option<&str>) -> bool {
         let now = now();
         let plan = self.authority().jwks_to_fetch(now, unknown_kid_of);
-        let mut changed = false;
+        let mut changes = KeyChanges::default();
         for (url, source) in plan {
             let result = crate::tokens::jwks::fetch(&source);
             match self.authority().install_jwks(&url, result, now) {
-                Ok(c) => changed |= c,
+                Ok(c) => {
+                    if !c.is_empty() {
+                        log::info!(
+                            "JWKS {url}: keys added {:?}, replaced {:?}, removed {:?}",
+                            c.added,
+                            c.replaced,
+                            c.removed
+                        );
+                    }
+                    changes.extend(c);
+                }
                 Err(e) => log::warn!("installing the JWKS of {url}: {e:#}"),
             }
         }
-        if changed {
-            log::info!("trusted keys changed after a JWKS fetch");
+        // After the new set is in place: a verification racing with this is either made with
+        // the new set or dropped here (or, by the generation, never inserted).
+        if changes.stale().next().is_some() {
+            let dropped = self.cache().remove_kids(changes.stale());
+            if dropped > 0 {
+                log::info!("{dropped} cached verifications of replaced or removed keys dropped");
+            }
         }
-        changed
+        !changes.is_empty()
     }
 
     fn validate_uncached(

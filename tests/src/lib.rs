@@ -7,10 +7,12 @@ pub mod daemon;
 pub mod http;
 pub mod legs;
 pub mod nginx;
+pub mod nsserver;
 pub mod packet;
 pub mod testbed;
 
 pub use client::{CurlResult, Req};
 pub use daemon::{Daemon, tokenwall_bin};
 pub use nginx::{Gateway, Nginx};
+pub use nsserver::NsServer;
 pub use testbed::Testbed;

@@ -29,6 +29,28 @@ pub struct TrustedKey {
     pub typ: Option<String>,
 }
 
+impl TrustedKey {
+    /// Whether `other` is the same key: id, algorithm, key material and binding (issuer,
+    /// audiences, `typ`). Two keys under one `kid` with different material are different.
+    pub fn same_key(&self, other: &TrustedKey) -> bool {
+        use jsonwebtoken::DecodingKeyKind as K;
+        let material = match (self.key.kind(), other.key.kind()) {
+            (K::SecretOrDer(a), K::SecretOrDer(b)) => a == b,
+            (K::RsaModulusExponent { n, e }, K::RsaModulusExponent { n: n2, e: e2 }) => {
+                n == n2 && e == e2
+            }
+            _ => false,
+        };
+        material
+            && self.kid == other.kid
+            && self.alg == other.alg
+            && self.key.family() == other.key.family()
+            && self.issuer == other.issuer
+            && self.audiences == other.audiences
+            && self.typ == other.typ
+    }
+}
+
 /// The configured keys, by `kid`.
 #[derive(Clone, Default)]
 pub struct KeySet {

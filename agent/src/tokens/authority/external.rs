@@ -5,6 +5,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use super::{Authority, ExternalKey, KeySource, RemoteJwks};
+use crate::tokens::jwks::KeyChanges;
 
 /// Reply to `keys_add`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -220,20 +221,21 @@ impl Authority {
             .collect()
     }
 
-    /// Installs a fetch result; returns whether the trusted key ids changed.
+    /// Installs a fetch result and, when any key was added, replaced (new material under an
+    /// old `kid`) or removed, rebuilds the trusted set. Returns what changed.
     pub fn install_jwks(
         &mut self,
         url: &str,
         result: anyhow::Result<Vec<super::TrustedKey>>,
         now: u64,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<KeyChanges> {
         let Some(r) = self.remote.iter_mut().find(|r| r.url() == url) else {
-            return Ok(false); // removed meanwhile
+            return Ok(KeyChanges::default()); // removed meanwhile
         };
-        let changed = r.install(result, now);
-        if changed {
+        let changes = r.install(result, now);
+        if !changes.is_empty() {
             self.rebuild_keyset()?;
         }
-        Ok(changed)
+        Ok(changes)
     }
 }

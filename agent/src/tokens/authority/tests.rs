@@ -118,3 +118,54 @@ fn state_count(a: &Authority, state: &str) -> u64 {
         .find(|(s, _)| *s == state)
         .map_or(0, |(_, n)| n)
 }
+
+#[test]
+fn a_key_replaced_under_its_kid_at_a_jwks_url_replaces_the_trusted_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Authority::open(dir.path(), settings(SigningAlg::Es256)).unwrap();
+    let url = "http://127.0.0.1:9/jwks.json";
+    let source = ExternalKey {
+        source: KeySource::JwksUrl { url: url.into() },
+        issuer: "https://idp.test".into(),
+        alg: None,
+        kid: None,
+        audiences: vec![],
+        typ: None,
+    };
+    a.add_external(source.clone()).unwrap();
+    let now = crate::until::now();
+    // Two throwaway P-256 keys, published under one kid one after the other.
+    let keys: Vec<(jsonwebtoken::EncodingKey, Value)> = (0..2)
+        .map(|_| {
+            use ring::signature::{
+                ECDSA_P256_SHA256_FIXED_SIGNING as ALG, EcdsaKeyPair, KeyPair as _,
+            };
+            let rng = ring::rand::SystemRandom::new();
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ALG, &rng).unwrap();
+            let pair = EcdsaKeyPair::from_pkcs8(&ALG, pkcs8.as_ref(), &rng).unwrap();
+            let p = &pair.public_key().as_ref()[1..];
+            let jwk = json!({ "keys": [{ "kty": "EC", "crv": "P-256", "kid": "rot",
+                "x": B64.encode(&p[..32]), "y": B64.encode(&p[32..]) }] });
+            (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+        })
+        .collect();
+    let token = |key: &jsonwebtoken::EncodingKey| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("rot".into());
+        let claims = json!({ "iss": "https://idp.test", "sub": "s", "exp": now + 600 });
+        jsonwebtoken::encode(&h, &claims, key).unwrap()
+    };
+    let install = |a: &mut Authority, doc: &Value| {
+        let keys = source.doc_keys(doc, None);
+        a.install_jwks(url, keys, now).unwrap()
+    };
+    assert_eq!(install(&mut a, &keys[0].1).added, ["rot"]);
+    assert!(a.validate(&token(&keys[0].0), (1, 2), now).is_ok());
+    let changes = install(&mut a, &keys[1].1);
+    assert_eq!(changes.replaced, ["rot"]);
+    assert!(a.validate(&token(&keys[1].0), (3, 4), now).is_ok());
+    assert_eq!(
+        a.validate(&token(&keys[0].0), (5, 6), now).unwrap_err(),
+        Rejection::BadSignature
+    );
+}
