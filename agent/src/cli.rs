@@ -76,7 +76,7 @@ pub enum Command {
 pub struct WatchArgs {
     /// Only these kinds (repeatable).
     #[arg(long = "kind", value_enum, value_name = "KIND")]
-    pub kinds: Vec<crate::lifecycle::EventKind>,
+    pub kinds: Vec<crate::monitoring::lifecycle::EventKind>,
     /// Client options.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -421,8 +421,8 @@ pub struct TokenArgs {
 
 impl TokenArgs {
     /// The rule named, if revoking by jti, sub, client or kid.
-    pub fn rule(&self) -> Option<(crate::rules::RuleKind, &str)> {
-        use crate::rules::RuleKind as K;
+    pub fn rule(&self) -> Option<(crate::types::RuleKind, &str)> {
+        use crate::types::RuleKind as K;
         [
             (K::Jti, &self.jti),
             (K::Sub, &self.sub),
@@ -616,3 +616,7 @@ mod tests {
         assert_eq!(r.hook, Hook::Tc);
     }
 }
+
+pub mod admin;
+pub mod commands;
+pub mod top;

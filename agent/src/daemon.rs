@@ -14,24 +14,24 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    alerts::{AlertEngine, AlertRules, Webhook},
-    audit::AuditLog,
     cli::{ActionArg, OnOff, RunArgs},
-    config_file::ConfigFile,
+    clock::now,
     control,
     control::protocol::EventLine,
-    hashkey, http,
+    daemon::config_file::ConfigFile,
+    http,
     kernel::{self, Kernel},
-    lifecycle::{EventKind, LifecycleEvent},
-    metrics::{Metrics, ResultLabel},
+    monitoring::alerts::{AlertEngine, AlertRules, Webhook},
+    monitoring::audit::AuditLog,
+    monitoring::lifecycle::{EventKind, LifecycleEvent},
+    monitoring::metrics::{Metrics, ResultLabel},
+    revocation::store::RevocationStore,
     service::{Parts, Service, Settings, action_name},
-    store::RevocationStore,
     tokens::{
         authority::{Authority, Settings as AuthoritySettings},
         jwks::MIN_REFETCH,
         refresh::RefreshStore,
     },
-    until::now,
 };
 
 /// How often expired entries are purged and the kernel's clock offset refreshed.
@@ -102,7 +102,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .create(&args.state_dir)
         .with_context(|| format!("creating state directory {}", args.state_dir.display()))?;
     let http_limits = args.http_limits()?;
-    let key = hashkey::load_or_create(&args.state_dir)?;
+    let key = crate::revocation::hash_key::load_or_create(&args.state_dir)?;
     let cfg = build_config(key, &args)?;
     let (store, report) = RevocationStore::open(&args.state_dir, now()).with_context(|| {
         format!(
@@ -153,7 +153,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         now(),
     )?;
     let refresh = RefreshStore::open(&args.state_dir)?;
-    let audit = AuditLog::open(&args.state_dir, crate::audit::DEFAULT_MAX_BYTES)?;
+    let audit = AuditLog::open(&args.state_dir, crate::monitoring::audit::DEFAULT_MAX_BYTES)?;
     let metrics = Metrics::new(args.version_claim.clone());
     let defaults = AlertRules::default();
     let alerts = AlertEngine::new(AlertRules {
@@ -170,7 +170,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     });
     let webhook = args.alert_webhook.clone().map(|url| {
         let deliveries = metrics.alert_deliveries.clone();
-        let timeout = crate::alerts::DELIVERY_TIMEOUT;
+        let timeout = crate::monitoring::alerts::DELIVERY_TIMEOUT;
         Webhook::start(url, args.alert_queue.unwrap_or(256), timeout, move |ok| {
             let result = if ok { "delivered" } else { "failed" };
             deliveries
@@ -366,3 +366,5 @@ async fn forward_events(ring: RingBuf<MapData>, service: Arc<Service>) {
         guard.clear_ready();
     }
 }
+
+pub mod config_file;

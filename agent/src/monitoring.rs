@@ -4,19 +4,19 @@
 use std::sync::Arc;
 
 use crate::{
-    alerts::Alert,
-    audit::Entry,
+    clock::now,
     control::protocol::{
         IfaceCounters, MonitoringReply, RevokedInfo, TokenRow, TopSnapshot, TopToken,
     },
-    hashkey::fingerprint,
-    lifecycle::{EventKind, LifecycleEvent, Timeline},
-    metrics::{ResultLabel, Snapshot, outcome},
-    rules::Refusal,
+    monitoring::alerts::Alert,
+    monitoring::audit::Entry,
+    monitoring::lifecycle::{EventKind, LifecycleEvent, Timeline},
+    monitoring::metrics::{ResultLabel, Snapshot, outcome},
+    revocation::hash_key::fingerprint,
     service::Service,
     tokens::validate::Verified,
+    types::Refusal,
     types::TokenHash,
-    until::now,
 };
 
 impl Service {
@@ -306,3 +306,8 @@ impl Service {
         Ok(self.metrics.encode(snapshot))
     }
 }
+
+pub mod alerts;
+pub mod audit;
+pub mod lifecycle;
+pub mod metrics;

@@ -9,13 +9,13 @@ use axum::http::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::{
+    clock::{JWT_EXP_MARGIN, now},
     control::protocol::{ApiKeyCreated, Introspection, RevokeReply, TokenRef},
-    hashkey::fingerprint,
-    lifecycle::{EventKind, LifecycleEvent},
-    rules::Refusal,
+    monitoring::lifecycle::{EventKind, LifecycleEvent},
+    revocation::hash_key::fingerprint,
     service::Service,
     tokens::validate::Verified,
-    until::{JWT_EXP_MARGIN, now},
+    types::Refusal,
 };
 
 /// `X-Auth-Issuer` of a request authorized by an API key (API keys have no `iss`).
@@ -413,7 +413,7 @@ impl Service {
         {
             return Ok(());
         }
-        let hashes = crate::hashkey::TokenHashes::of(&self.key, token);
+        let hashes = crate::revocation::hash_key::TokenHashes::of(&self.key, token);
         let hash = hashes.key;
         // Only the client a token was issued to may revoke it; anything else is ignored
         // silently, as RFC 7009 answers unknown tokens with 200 too.

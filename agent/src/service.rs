@@ -16,16 +16,17 @@ use anyhow::{Context as _, bail};
 use tokio::sync::broadcast;
 
 use crate::{
-    alerts::{AlertEngine, Webhook},
-    audit::AuditLog,
+    clock::{JWT_EXP_MARGIN, jwt_exp, now},
     control::protocol::{
         self as p, AttachmentInfo, DetachReply, EventLine, RevokeReply, StatusReply, TokenRef,
     },
-    hashkey::fingerprint,
     kernel::{self, Kernel},
-    lifecycle::{EventKind, LifecycleEvent, Timelines},
-    metrics::Metrics,
-    store::{Revocation, RevocationStore, Scope},
+    monitoring::alerts::{AlertEngine, Webhook},
+    monitoring::audit::AuditLog,
+    monitoring::lifecycle::{EventKind, LifecycleEvent, Timelines},
+    monitoring::metrics::Metrics,
+    revocation::hash_key::fingerprint,
+    revocation::store::{Revocation, RevocationStore, Scope},
     tokens::{
         authority::Authority,
         cache::{DEFAULT_CAPACITY, VerifiedCache},
@@ -33,7 +34,6 @@ use crate::{
         validate::Policy,
     },
     types::TokenHash,
-    until::{JWT_EXP_MARGIN, jwt_exp, now},
 };
 
 /// Longest token accepted over the control socket.
@@ -65,7 +65,7 @@ pub(crate) struct Inner {
     pub(crate) store: RevocationStore,
     pub(crate) kernel: Kernel,
     /// Header segments learned per revoked `kid` since start (bounded, see
-    /// [`crate::rules::MAX_LEARNED_HEADERS_PER_KEY`]).
+    /// [`crate::service::check::MAX_LEARNED_HEADERS_PER_KEY`]).
     pub(crate) learned_headers: HashMap<String, usize>,
     /// Stored revocations the kernel map could not take (full): enforced by userspace only,
     /// retried after every purge.
@@ -98,7 +98,7 @@ pub struct Service {
     /// Alert delivery, if a webhook is configured.
     pub(crate) webhook: Option<Webhook>,
     /// The last alerts, newest last.
-    pub(crate) recent_alerts: Mutex<std::collections::VecDeque<crate::alerts::Alert>>,
+    pub(crate) recent_alerts: Mutex<std::collections::VecDeque<crate::monitoring::alerts::Alert>>,
     /// Hit events fan-out to `events` clients.
     pub events: broadcast::Sender<EventLine>,
 }
@@ -368,7 +368,10 @@ impl Service {
     }
 
     /// `token_show`: a token's timeline, by token, fingerprint or `jti`.
-    pub(crate) fn token_show(&self, c: p::TokenShow) -> anyhow::Result<crate::lifecycle::Timeline> {
+    pub(crate) fn token_show(
+        &self,
+        c: p::TokenShow,
+    ) -> anyhow::Result<crate::monitoring::lifecycle::Timeline> {
         let fp = c
             .token
             .map(|t| self.hash_of(&t).map(|h| h.to_string()))
@@ -549,12 +552,12 @@ impl Service {
         if agent_common::hash::revocation_key_len(token.as_bytes()) == token.len() {
             return Ok(None);
         }
-        let Some(jti) = crate::rules::unverified_claim(token, "jti") else {
+        let Some(jti) = crate::service::check::unverified_claim(token, "jti") else {
             return Ok(None);
         };
-        let issuer = crate::rules::unverified_claim(token, "iss");
+        let issuer = crate::service::check::unverified_claim(token, "iss");
         self.revoke_by(
-            crate::rules::RuleKind::Jti,
+            crate::types::RuleKind::Jti,
             &jti,
             issuer.as_deref(),
             Some(expires_at).filter(|e| *e != 0),
@@ -715,4 +718,6 @@ pub fn kernel_entry(r: &Revocation) -> RevokedEntry {
     }
 }
 
+mod check;
 mod dispatch;
+pub mod sessions;

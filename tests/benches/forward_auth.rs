@@ -61,7 +61,7 @@ fn sign(f: &Family, kid: &str, n: usize, seed: &str) -> Vec<String> {
     .unwrap();
     let mut h = Header::new(f.alg);
     h.kid = Some(kid.into());
-    let now = tokenwall::until::now();
+    let now = tokenwall::clock::now();
     (0..n)
         .map(|i| {
             let claims = json!({ "iss": ISS, "sub": format!("user-{i}"), "aud": "api",

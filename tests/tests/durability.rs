@@ -11,8 +11,8 @@ use std::{
 };
 
 use tokenwall::{
-    audit::{self, AuditLog, Entry},
-    store::{Revocation, RevocationStore, Scope, StoreError},
+    monitoring::audit::{self, AuditLog, Entry},
+    revocation::store::{Revocation, RevocationStore, Scope, StoreError},
 };
 use tokenwall_tests::{Testbed, tokenwall_bin};
 
@@ -312,7 +312,7 @@ fn durability_the_daemon_fails_revocations_on_a_full_state_disk_and_restarts_wit
         "every acknowledged revocation (and each one made before its audit record failed), not the refused one"
     );
     d.stop();
-    let (s, report) = RevocationStore::open(&state, tokenwall::until::now()).unwrap();
+    let (s, report) = RevocationStore::open(&state, tokenwall::clock::now()).unwrap();
     assert_eq!(report.torn_tail_bytes, 0);
     for fp in &acked {
         let h = u64::from_str_radix(fp, 16).unwrap();

@@ -131,7 +131,7 @@ fn a_second_signature_or_a_re_signing_of_a_revoked_token_is_refused() {
         );
     }
     tokenwall::tokens::ring_provider::install();
-    let now = tokenwall::until::now();
+    let now = tokenwall::clock::now();
     let sign = |kid: &str, iss: &str, iat: u64| {
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some(kid.into());

@@ -322,7 +322,7 @@ fn expired_entries_are_ignored() {
     let mut live_cfg = cfg;
     live_cfg.clock_offset_ns = tokenwall::daemon::clock_offset_ns();
     k.set_config(&live_cfg).unwrap();
-    let now = tokenwall::until::now();
+    let now = tokenwall::clock::now();
     let req = |t: &str| {
         Segment::v4(PORT)
             .frame(format!("GET / HTTP/1.1\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes())

@@ -55,7 +55,7 @@ fn external_token(kid: &str, iss: &str, sub: &str, typ: Option<&str>) -> String 
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(kid.into());
     h.typ = typ.map(str::to_string);
-    let now = tokenwall::until::now();
+    let now = tokenwall::clock::now();
     let claims = json!({ "iss": iss, "sub": sub, "aud": "api", "exp": now + 600, "iat": now,
                          "jti": format!("{sub}-{}", now) });
     let key = EncodingKey::from_ec_pem(EC_KEY.as_bytes()).unwrap();
@@ -355,7 +355,7 @@ fn signed(key: &EncodingKey, kid: &str, sub: &str) -> String {
     tokenwall::tokens::ring_provider::install();
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(kid.into());
-    let now = tokenwall::until::now();
+    let now = tokenwall::clock::now();
     let claims = json!({ "iss": "https://rot.test", "sub": sub, "exp": now + 600, "iat": now,
                          "jti": format!("{sub}-{now}") });
     jsonwebtoken::encode(&h, &claims, key).unwrap()

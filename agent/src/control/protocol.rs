@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 
 pub use crate::tokens::authority::{KeyAdded, KeyInfo};
 use crate::{
-    alerts::Alert,
-    lifecycle::{EventKind, Timeline},
+    monitoring::alerts::Alert,
+    monitoring::lifecycle::{EventKind, Timeline},
     tokens::keys::ExternalKey,
     types::{RuleKind, TokenHash},
 };
@@ -53,7 +53,7 @@ commands! {
     Status(Status) -> StatusReply;
     /// Stream kernel hit events ([`EventLine`] per line).
     Events(Events) -> Streaming;
-    /// Stream lifecycle events ([`crate::lifecycle::LifecycleEvent`] per line).
+    /// Stream lifecycle events ([`crate::monitoring::lifecycle::LifecycleEvent`] per line).
     Watch(Watch) -> Streaming;
     /// Turn monitoring on or off at run time (kernel counters and hit events too).
     Monitoring(Monitoring) -> MonitoringReply;

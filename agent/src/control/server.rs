@@ -14,7 +14,7 @@ use tokio::{
 use tokio::sync::broadcast;
 
 use super::protocol::{self as p, Envelope, EventLine, Request, Streaming};
-use crate::lifecycle::LifecycleEvent;
+use crate::monitoring::lifecycle::LifecycleEvent;
 
 /// What answers the control socket (the daemon's service).
 pub trait Handler: Send + Sync + 'static {

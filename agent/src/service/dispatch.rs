@@ -10,7 +10,7 @@ use crate::{
         protocol::{self as p, Command, Envelope, EventLine, Request, TokenRef},
         server::Handler,
     },
-    lifecycle::LifecycleEvent,
+    monitoring::lifecycle::LifecycleEvent,
 };
 
 impl Handler for Service {

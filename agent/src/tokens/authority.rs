@@ -150,7 +150,7 @@ impl Authority {
         // First start, or the configured algorithm changed: a new active key (the previous one
         // stays trusted through its grace period, so no token is cut short).
         if a.active().map_or(true, |k| k.alg != a.settings.signing_alg) {
-            a.rotate_key(crate::until::now())?;
+            a.rotate_key(crate::clock::now())?;
         }
         a.rebuild_keyset()?;
         Ok(a)
@@ -211,7 +211,7 @@ impl Authority {
     /// Drops previous keys whose tokens have all expired (lifetime plus 5 minutes of leeway);
     /// returns their ids.
     pub fn prune_keys(&mut self, now: u64) -> anyhow::Result<Vec<String>> {
-        let grace = self.settings.access_ttl + crate::until::JWT_EXP_MARGIN;
+        let grace = self.settings.access_ttl + crate::clock::JWT_EXP_MARGIN;
         let gone: Vec<String> = self
             .state
             .keys

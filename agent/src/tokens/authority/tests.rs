@@ -29,7 +29,7 @@ fn issue(a: &mut Authority, now: u64) -> String {
 fn rotation_keeps_the_previous_key_through_its_grace_then_drops_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Authority::open(dir.path(), settings(SigningAlg::Es256)).unwrap();
-    let now = crate::until::now();
+    let now = crate::clock::now();
     let first = a.active_kid().unwrap();
     let old_token = issue(&mut a, now);
     let second = a.rotate_key(now).unwrap();
@@ -44,7 +44,7 @@ fn rotation_keeps_the_previous_key_through_its_grace_then_drops_it() {
         "its tokens still verify"
     );
     assert!(issue(&mut a, now).starts_with(&a.header_segment(&second).unwrap()));
-    let grace = 600 + crate::until::JWT_EXP_MARGIN;
+    let grace = 600 + crate::clock::JWT_EXP_MARGIN;
     assert!(a.prune_keys(now + grace - 1).unwrap().is_empty());
     assert_eq!(state_count(&a, "grace"), 1);
     assert_eq!(a.prune_keys(now + grace).unwrap(), [first]);
@@ -68,7 +68,7 @@ fn rotation_keeps_the_previous_key_through_its_grace_then_drops_it() {
 #[test]
 fn a_new_signing_algorithm_rotates_at_start_and_each_algorithm_issues_valid_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let now = crate::until::now();
+    let now = crate::clock::now();
     let mut previous = None;
     for alg in [SigningAlg::Es256, SigningAlg::EdDsa, SigningAlg::Es384] {
         let mut a = Authority::open(dir.path(), settings(alg)).unwrap();
@@ -96,7 +96,7 @@ fn retiring_the_active_key_makes_a_new_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Authority::open(dir.path(), settings(SigningAlg::Es256)).unwrap();
     let first = a.active_kid().unwrap();
-    let now = crate::until::now();
+    let now = crate::clock::now();
     let next = a.retire_key(&first, now).unwrap();
     assert_ne!(next, first);
     assert!(!a.owns_key(&first));
@@ -133,7 +133,7 @@ fn a_key_replaced_under_its_kid_at_a_jwks_url_replaces_the_trusted_key() {
         typ: None,
     };
     a.add_external(source.clone()).unwrap();
-    let now = crate::until::now();
+    let now = crate::clock::now();
     // Two throwaway P-256 keys, published under one kid one after the other.
     let keys: Vec<(jsonwebtoken::EncodingKey, Value)> = (0..2)
         .map(|_| {

@@ -191,7 +191,7 @@ fn an_unreachable_url_is_an_error_not_a_hang() {
 #[test]
 fn new_material_under_an_old_kid_is_installed_and_reported_replaced() {
     crate::tokens::ring_provider::install();
-    let now = crate::until::now();
+    let now = crate::clock::now();
     let old_key =
         jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("../testdata/p256.key.pem")).unwrap();
     let (new_pkcs8, new_point) = fresh_p256();

@@ -11,17 +11,17 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::{
+    clock::{JWT_EXP_MARGIN, now},
     control::protocol::{RuleReply, TokenRef},
-    hashkey::{TokenHashes, fingerprint},
-    lifecycle::{EventKind, LifecycleEvent},
+    monitoring::lifecycle::{EventKind, LifecycleEvent},
+    revocation::hash_key::{TokenHashes, fingerprint},
+    revocation::store::{Revocation, Scope},
     service::{Inner, Service},
-    store::{Revocation, Scope},
     tokens::{
         jwks::KeyChanges,
         validate::{Rejection, Verified},
     },
     types::TokenHash,
-    until::{JWT_EXP_MARGIN, now},
 };
 
 pub use crate::types::RuleKind;

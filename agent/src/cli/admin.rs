@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 
-use super::print;
+use super::commands::print;
 use crate::{
     cli::{ApiKeysCommand, KeysCommand},
     control::{
@@ -159,7 +159,7 @@ pub async fn apikeys(cmd: ApiKeysCommand) -> anyhow::Result<()> {
 pub fn audit(cmd: crate::cli::AuditCommand) -> anyhow::Result<()> {
     use crate::cli::AuditCommand as A;
     match cmd {
-        A::Verify { state_dir } => match crate::audit::verify(&state_dir)? {
+        A::Verify { state_dir } => match crate::monitoring::audit::verify(&state_dir)? {
             Ok(n) => {
                 println!("audit chain intact: {n} records");
                 Ok(())
@@ -167,17 +167,17 @@ pub fn audit(cmd: crate::cli::AuditCommand) -> anyhow::Result<()> {
             Err(broken) => anyhow::bail!("audit chain broken at {broken}"),
         },
         A::Export { since, state_dir } => {
-            let now = crate::until::now();
+            let now = crate::clock::now();
             // A duration counts back from now; times and unix seconds are taken as given.
             let since = match humantime::parse_duration(&since) {
                 Ok(d) => now.saturating_sub(d.as_secs()),
-                Err(_) => crate::until::parse_until(&since, 0)?,
+                Err(_) => crate::clock::parse_until(&since, 0)?,
             };
             let since = humantime::format_rfc3339_millis(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(since),
             )
             .to_string();
-            for r in crate::audit::export(&state_dir, &since)? {
+            for r in crate::monitoring::audit::export(&state_dir, &since)? {
                 println!("{}", serde_json::to_string(&r)?);
             }
             Ok(())
@@ -188,13 +188,14 @@ pub fn audit(cmd: crate::cli::AuditCommand) -> anyhow::Result<()> {
 /// `tokenwall watch`: one line per lifecycle event until interrupted.
 pub async fn watch(args: crate::cli::WatchArgs) -> anyhow::Result<()> {
     let req = p::Watch { kinds: args.kinds }.into();
-    let mut lines = super::open_stream(&args.client, &req).await?;
+    let mut lines = super::commands::open_stream(&args.client, &req).await?;
     while let Some(line) = lines.next_line().await? {
         if args.client.json {
             println!("{line}");
             continue;
         }
-        let Ok(ev) = serde_json::from_str::<crate::lifecycle::LifecycleEvent>(&line) else {
+        let Ok(ev) = serde_json::from_str::<crate::monitoring::lifecycle::LifecycleEvent>(&line)
+        else {
             println!("{line}");
             continue;
         };
@@ -221,7 +222,7 @@ pub async fn tokens(cmd: crate::cli::TokensCommand) -> anyhow::Result<()> {
             client,
         } => {
             let token = match (token, fingerprint) {
-                (Some(_), _) => Some(super::token_ref(&crate::cli::TokenArgs {
+                (Some(_), _) => Some(super::commands::token_ref(&crate::cli::TokenArgs {
                     token: Some("-".into()),
                     token_file: None,
                     hash: None,

@@ -8,13 +8,13 @@ use serde::Serialize;
 
 use crate::{
     cli::{ClientArgs, DetachArgs, TokenArgs},
+    clock::{now, parse_until},
     control::{
         client::{ControlError, call, stream},
         protocol::{self as p, Request, TokenRef},
     },
     kernel,
     service::MAX_TOKEN_BYTES,
-    until::{now, parse_until},
 };
 
 /// Reads the token named by the arguments (stdin, a file, or a hash).
@@ -49,7 +49,7 @@ pub fn token_ref(which: &TokenArgs) -> anyhow::Result<TokenRef> {
 }
 
 /// Prints a reply: itself as JSON with `--json`, else `text`.
-fn print<T: Serialize>(args: &ClientArgs, reply: &T, text: impl FnOnce(&T) -> String) {
+pub(crate) fn print<T: Serialize>(args: &ClientArgs, reply: &T, text: impl FnOnce(&T) -> String) {
     if args.json {
         match serde_json::to_string(reply) {
             Ok(s) => println!("{s}"),
@@ -252,5 +252,4 @@ pub async fn introspect(args: crate::cli::FingerprintArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-mod admin;
-pub use admin::{apikeys, audit, clients, keys, monitoring, tokens, watch};
+pub use super::admin::{apikeys, audit, clients, keys, monitoring, tokens, watch};

@@ -48,7 +48,7 @@ struct View {
     rates: Vec<(String, f64, f64)>,
     per_iface: Vec<IfaceRow>,
     top: Vec<p::TopToken>,
-    alerts: Vec<crate::alerts::Alert>,
+    alerts: Vec<crate::monitoring::alerts::Alert>,
 }
 
 const KERNEL: [(&str, &str); 6] = [
@@ -76,7 +76,7 @@ fn view(now: &TopSnapshot, before: Option<&(Instant, TopSnapshot)>) -> View {
         let (v, r) = rate(&|s| kernel_total(s, name));
         rates.push((format!("kernel {label}"), r, v));
     }
-    for outcome in crate::metrics::OUTCOMES {
+    for outcome in crate::monitoring::metrics::OUTCOMES {
         let (v, r) = rate(&|s| s.checks.get(outcome).copied().unwrap_or(0));
         if v > 0.0 || outcome == "ok" {
             rates.push((format!("checks {outcome}"), r, v));
@@ -285,7 +285,7 @@ mod tests {
                 kernel_hits: 42,
                 last_source: Some("192.0.2.2:5000".into()),
             }],
-            alerts: vec![crate::alerts::Alert {
+            alerts: vec![crate::monitoring::alerts::Alert {
                 rule: "token_theft".into(),
                 fingerprint: Some("0123456789abcdef".into()),
                 detail: "x".into(),

@@ -8,16 +8,16 @@ use agent_common::hash::revocation_hash;
 use serde_json::{Value, json};
 
 use crate::{
-    hashkey::fingerprint,
-    lifecycle::{EventKind, LifecycleEvent},
+    clock::{JWT_EXP_MARGIN, now},
+    monitoring::lifecycle::{EventKind, LifecycleEvent},
     oauth::{ClientAuth, OAuthError},
-    rules::{RuleKind, rule_hash},
+    revocation::hash_key::fingerprint,
     service::Service,
+    service::check::{RuleKind, rule_hash},
     tokens::{
         authority::Issued,
         refresh::{Family, RefreshStore, Rotation},
     },
-    until::{JWT_EXP_MARGIN, now},
 };
 
 /// The scope a client needs to open sessions and set claims.

@@ -24,7 +24,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{rules::Refusal, tokens::validate::Rejection};
+use crate::{tokens::validate::Rejection, types::Refusal};
 
 /// Distinct deployment versions labelled before the rest become `other`.
 pub const MAX_VERSIONS: usize = 16;
@@ -460,7 +460,10 @@ mod tests {
 
     #[test]
     fn refusals_map_to_the_documented_outcomes() {
-        assert_eq!(outcome(&Refusal::Revoked(crate::types::RevokedBy::Token)), "revoked");
+        assert_eq!(
+            outcome(&Refusal::Revoked(crate::types::RevokedBy::Token)),
+            "revoked"
+        );
         assert_eq!(outcome(&Refusal::Invalid(Rejection::Expired)), "expired");
         assert_eq!(outcome(&Refusal::Invalid(Rejection::AlgNone)), "malformed");
         assert_eq!(

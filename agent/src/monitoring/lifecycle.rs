@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hashkey::parse_fingerprint;
+use crate::revocation::hash_key::parse_fingerprint;
 
 /// Tokens with a timeline.
 pub const MAX_TOKENS: usize = 100_000;
@@ -246,7 +246,7 @@ impl Timelines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hashkey::fingerprint;
+    use crate::revocation::hash_key::fingerprint;
 
     fn ev(kind: EventKind, fp: &str, detail: &str) -> LifecycleEvent {
         LifecycleEvent::now(kind, Some(fp.into()), detail)

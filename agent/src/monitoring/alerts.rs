@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::lifecycle::{EventKind, LifecycleEvent};
+use crate::monitoring::lifecycle::{EventKind, LifecycleEvent};
 
 /// Tokens tracked for replay and rate rules (older ones are forgotten first).
 const MAX_TRACKED: usize = 10_000;
