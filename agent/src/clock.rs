@@ -1,4 +1,5 @@
-//! Parsing of `--until` and the default lifetime of a revocation.
+//! Time: the wall clock, the kernel's clock offset, parsing of `--until`, and the default
+//! lifetime of a revocation.
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -13,6 +14,21 @@ pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns: the kernel adds it to `bpf_ktime_get_boot_ns`.
+pub fn clock_offset_ns() -> u64 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for clock_gettime to fill; both clocks exist on
+        // every Linux this runs on (a failure leaves it zero).
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    read(libc::CLOCK_REALTIME).saturating_sub(read(libc::CLOCK_BOOTTIME))
 }
 
 /// Parses `TIME`: unix seconds, an RFC 3339 time (`2026-12-01T00:00:00Z`), or a duration from

@@ -1,30 +1,33 @@
-//! The HTTP API (axum): forward-auth for gateways, OAuth 2.0 token, revocation (RFC 7009) and
-//! introspection (RFC 7662) endpoints, and the JWKS.
+//! The HTTP API (axum): forward-auth for gateways, the OAuth 2.0 token, revocation (RFC 7009)
+//! and introspection (RFC 7662) endpoints, sessions, the JWKS, the admin endpoint and metrics.
+//! Bodies are parsed into typed structs; a body that does not parse is answered with an OAuth
+//! `invalid_request`, like every other OAuth error ([`OAuthError`] is the response).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+mod server;
+
+use std::sync::Arc;
 
 use axum::{
-    Form, Json, Router,
-    extract::{Path, State},
+    Json, Router,
+    extract::{FromRequest, Path, Request, State, rejection::FormRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{any, get, post, put},
 };
 use base64::Engine as _;
+use serde::de::DeserializeOwned;
+
+pub use server::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits, LimitsError, Server,
+};
 
 use crate::{
-    oauth::{AuthDecision, ClientAuth, OAuthError},
+    control::{protocol::Request as ControlRequest, server::Handler},
+    oauth::{AuthDecision, ClientAuth, NewSession, OAuthError, TokenForm, TokenParamForm},
     service::Service,
 };
 
 type Svc = State<Arc<Service>>;
-type FormPairs = Form<Vec<(String, String)>>;
 
 /// The routes.
 pub fn router(svc: Arc<Service>) -> Router {
@@ -37,187 +40,10 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/introspect", post(introspect))
         .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{sub}/claims", put(session_claims))
         .route("/v1/admin", post(admin))
         .route("/metrics", get(metrics))
-        .route("/v1/sessions/{sub}/claims", put(session_claims))
         .with_state(svc)
-}
-
-/// Default time a client has to send a request's headers, from the first byte a request may
-/// start with; a kept-alive connection idle this long is closed too.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default most connections served at once.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// Least time between two "connection limit reached" log lines.
-const LIMIT_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Pause after a failed `accept` (out of file descriptors, say) before the next one.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Bad HTTP API limits.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LimitsError {
-    /// A zero header-read timeout would close every connection at once.
-    #[error("the HTTP header-read timeout must be positive")]
-    ZeroTimeout,
-    /// Zero connections, or more than a semaphore holds.
-    #[error("the HTTP connection limit must be 1 to {max}")]
-    Connections {
-        /// The largest limit.
-        max: usize,
-    },
-}
-
-/// Limits of the HTTP API: a header-read timeout per request and a connection limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    header_read_timeout: Duration,
-    max_connections: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-        }
-    }
-}
-
-impl Limits {
-    /// Checked limits.
-    pub fn new(header_read_timeout: Duration, max_connections: usize) -> Result<Self, LimitsError> {
-        if header_read_timeout.is_zero() {
-            return Err(LimitsError::ZeroTimeout);
-        }
-        let max = tokio::sync::Semaphore::MAX_PERMITS;
-        if max_connections == 0 || max_connections > max {
-            return Err(LimitsError::Connections { max });
-        }
-        Ok(Self {
-            header_read_timeout,
-            max_connections,
-        })
-    }
-
-    /// Time a client has to send a request's headers (and most time a connection idles).
-    pub fn header_read_timeout(&self) -> Duration {
-        self.header_read_timeout
-    }
-
-    /// Most connections served at once.
-    pub fn max_connections(&self) -> usize {
-        self.max_connections
-    }
-}
-
-/// One warning per [`LIMIT_LOG_EVERY`] while the connection limit is being hit, counting the
-/// hits in between (never one line per connection).
-#[derive(Default)]
-struct LimitLog {
-    last: Option<Instant>,
-    unreported: u64,
-}
-
-impl LimitLog {
-    /// Records a hit at `now`; returns whether a line was logged.
-    fn hit(&mut self, now: Instant, max: usize) -> bool {
-        self.unreported += 1;
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < LIMIT_LOG_EVERY)
-        {
-            return false;
-        }
-        log::warn!(
-            "HTTP API: connection limit of {max} reached ({} times since the last report); \
-             new connections wait in the listen backlog until one closes",
-            self.unreported
-        );
-        self.last = Some(now);
-        self.unreported = 0;
-        true
-    }
-}
-
-/// An HTTP/1.1 server with [`Limits`]: keep-alive, a header-read timeout, and at most
-/// `max_connections` connections. When full it stops accepting: new connections wait in the
-/// kernel's listen backlog (a full backlog drops SYNs, so clients retry) and are served as
-/// others close. A connection that only trickles headers is closed after the timeout, so
-/// waiting is bounded by it unless every slot is busy with real requests.
-pub struct Server {
-    limits: Limits,
-    permits: Arc<tokio::sync::Semaphore>,
-    limit_hits: AtomicU64,
-}
-
-impl Server {
-    /// A server with these limits.
-    pub fn new(limits: Limits) -> Self {
-        Self {
-            limits,
-            permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
-            limit_hits: AtomicU64::new(0),
-        }
-    }
-
-    /// Connection slots free now (the accept loop takes one before it waits for the next
-    /// connection).
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
-
-    /// How often the accept loop found every connection slot taken.
-    pub fn limit_hits(&self) -> u64 {
-        self.limit_hits.load(Ordering::Relaxed)
-    }
-
-    /// Serves `app` on `listener` until the runtime stops.
-    pub async fn run(&self, listener: tokio::net::TcpListener, app: Router) {
-        let mut limit_log = LimitLog::default();
-        let mut accept_errors = LimitLog::default();
-        loop {
-            let permit = match self.permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    self.limit_hits.fetch_add(1, Ordering::Relaxed);
-                    limit_log.hit(Instant::now(), self.limits.max_connections);
-                    match self.permits.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => return, // closed: never, the semaphore is ours
-                    }
-                }
-            };
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    if accept_errors
-                        .last
-                        .is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY)
-                    {
-                        log::warn!("HTTP API: accept failed: {e}");
-                        accept_errors.last = Some(Instant::now());
-                    }
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            // Forward-auth answers are small and latency-bound.
-            let _ = stream.set_nodelay(true);
-            let service = hyper_util::service::TowerToHyperService::new(app.clone());
-            let timeout = self.limits.header_read_timeout;
-            tokio::spawn(async move {
-                let _permit = permit;
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(timeout)
-                    .keep_alive(true)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    log::debug!("HTTP API connection: {e}");
-                }
-            });
-        }
-    }
 }
 
 /// Serves the API on a bound listener with `limits` until the runtime stops.
@@ -225,11 +51,49 @@ pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>, limits:
     if let Ok(addr) = listener.local_addr() {
         log::info!(
             "HTTP API on http://{addr} (header-read timeout {:?}, at most {} connections)",
-            limits.header_read_timeout,
-            limits.max_connections
+            limits.header_read_timeout(),
+            limits.max_connections()
         );
     }
     Server::new(limits).run(listener, router(svc)).await;
+}
+
+/// Runs `f` on the service on a blocking thread (it may fsync or verify a signature).
+async fn blocking<T: Send + 'static>(
+    svc: Arc<Service>,
+    f: impl FnOnce(&Service) -> Result<T, OAuthError> + Send + 'static,
+) -> Result<T, OAuthError> {
+    tokio::task::spawn_blocking(move || f(&svc))
+        .await
+        .map_err(|e| OAuthError::ServerError(format!("request task: {e}")))?
+}
+
+/// An `application/x-www-form-urlencoded` body; one that does not parse is `invalid_request`.
+struct OAuthForm<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthForm<T> {
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, OAuthError> {
+        axum::Form::<T>::from_request(req, state)
+            .await
+            .map(|axum::Form(v)| OAuthForm(v))
+            .map_err(|e: FormRejection| OAuthError::InvalidRequest(e.body_text()))
+    }
+}
+
+/// A JSON body; one that does not parse is `invalid_request`.
+struct OAuthJson<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthJson<T> {
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, OAuthError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| OAuthJson(v))
+            .map_err(|e| OAuthError::InvalidRequest(e.body_text()))
+    }
 }
 
 /// RFC 6750 challenge text; descriptions never contain the token.
@@ -247,71 +111,65 @@ fn challenge(error: Option<&str>, description: &str) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer"))
 }
 
-async fn forward_auth(State(svc): Svc, headers: HeaderMap) -> Response {
-    let authz = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let api_key = svc
-        .settings()
-        .api_key_header
-        .as_deref()
-        .and_then(|name| headers.get(name))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    // Revoked and cached tokens are answered here; anything that may wait (a signature
-    // check, a JWKS fetch, a learned revocation's fsync) goes to a blocking thread.
-    let decision = match svc.forward_auth_now(authz.as_deref(), api_key.as_deref()) {
-        Some(d) => Ok(d),
-        None => {
-            tokio::task::spawn_blocking(move || {
-                svc.forward_auth(authz.as_deref(), api_key.as_deref())
-            })
-            .await
-        }
-    };
-    match decision {
-        Ok(AuthDecision::Allow(identity)) => {
-            let mut r = StatusCode::OK.into_response();
-            for (name, value) in identity.headers() {
-                r.headers_mut().insert(name, value.clone());
+impl IntoResponse for AuthDecision {
+    fn into_response(self) -> Response {
+        let (status, error, description) = match self {
+            AuthDecision::Allow(identity) => {
+                let mut r = StatusCode::OK.into_response();
+                for (name, value) in identity.headers() {
+                    r.headers_mut().insert(name, value.clone());
+                }
+                return r;
             }
-            r
-        }
-        Ok(AuthDecision::NoCredentials) => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, challenge(None, ""))],
+            AuthDecision::NoCredentials => (StatusCode::UNAUTHORIZED, None, String::new()),
+            AuthDecision::InvalidRequest(d) => {
+                (StatusCode::BAD_REQUEST, Some("invalid_request"), d)
+            }
+            AuthDecision::InvalidToken(d) => (StatusCode::UNAUTHORIZED, Some("invalid_token"), d),
+        };
+        (
+            status,
+            [(header::WWW_AUTHENTICATE, challenge(error, &description))],
         )
-            .into_response(),
-        Ok(AuthDecision::InvalidRequest(d)) => (
-            StatusCode::BAD_REQUEST,
-            [(
-                header::WWW_AUTHENTICATE,
-                challenge(Some("invalid_request"), &d),
-            )],
-        )
-            .into_response(),
-        Ok(AuthDecision::InvalidToken(d)) => (
-            StatusCode::UNAUTHORIZED,
-            [(
-                header::WWW_AUTHENTICATE,
-                challenge(Some("invalid_token"), &d),
-            )],
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            .into_response()
     }
 }
 
-async fn jwks(State(svc): Svc) -> Response {
-    match svc.authority().jwks() {
-        Ok(v) => Json(v).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+async fn forward_auth(State(svc): Svc, headers: HeaderMap) -> Response {
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let authz = value(header::AUTHORIZATION.as_str());
+    let api_key = svc.settings().api_key_header.as_deref().and_then(value);
+    // Revoked and cached tokens are answered here; anything that may wait (a signature
+    // check, a JWKS fetch, a learned revocation's fsync) goes to a blocking thread.
+    if let Some(d) = svc.forward_auth_now(authz.as_deref(), api_key.as_deref()) {
+        return d.into_response();
     }
+    let decided = blocking(svc, move |s| {
+        Ok(s.forward_auth(authz.as_deref(), api_key.as_deref()))
+    })
+    .await;
+    match decided {
+        Ok(d) => d.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn jwks(State(svc): Svc) -> Result<Response, OAuthError> {
+    let keys = svc.authority.jwks().map_err(OAuthError::server)?;
+    Ok(Json(keys).into_response())
 }
 
 /// Client credentials from HTTP Basic, else from the form (RFC 6749 section 2.3.1).
-fn client_auth(headers: &HeaderMap, form: &[(String, String)]) -> Option<ClientAuth> {
+fn client_auth(
+    headers: &HeaderMap,
+    id: Option<String>,
+    secret: Option<String>,
+) -> Option<ClientAuth> {
     if let Some(basic) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -330,90 +188,87 @@ fn client_auth(headers: &HeaderMap, form: &[(String, String)]) -> Option<ClientA
             secret: secret.into(),
         });
     }
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     Some(ClientAuth {
-        id: get("client_id")?,
-        secret: get("client_secret")?,
+        id: id?,
+        secret: secret?,
     })
 }
 
-fn oauth_error(e: OAuthError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = Json(serde_json::json!({ "error": e.error, "error_description": e.description }));
-    let mut r = (status, body).into_response();
-    if e.status == 401 {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"tokenwall\""),
-        );
-    }
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+/// A token response: JSON, never cached (RFC 6749 section 5.1).
+fn no_store(v: impl serde::Serialize) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response()
 }
 
-async fn token(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
-    let auth = client_auth(&headers, &form);
-    match tokio::task::spawn_blocking(move || svc.token_grant(auth, &form)).await {
-        Ok(Ok(v)) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+async fn token(
+    State(svc): Svc,
+    headers: HeaderMap,
+    OAuthForm(form): OAuthForm<TokenForm>,
+) -> Result<Response, OAuthError> {
+    let auth = client_auth(&headers, form.client_id.clone(), form.client_secret.clone());
+    blocking(svc, move |s| s.token_grant(auth, form))
+        .await
+        .map(no_store)
 }
 
-async fn revoke(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
-    let auth = client_auth(&headers, &form);
-    match tokio::task::spawn_blocking(move || svc.revoke_rfc7009(auth, &form)).await {
-        Ok(Ok(())) => StatusCode::OK.into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+async fn revoke(
+    State(svc): Svc,
+    headers: HeaderMap,
+    OAuthForm(form): OAuthForm<TokenParamForm>,
+) -> Result<StatusCode, OAuthError> {
+    let auth = client_auth(&headers, form.client_id.clone(), form.client_secret.clone());
+    blocking(svc, move |s| s.revoke_rfc7009(auth, form)).await?;
+    Ok(StatusCode::OK)
 }
 
-async fn introspect(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
-    let auth = client_auth(&headers, &form);
-    match tokio::task::spawn_blocking(move || svc.introspect_rfc7662(auth, &form)).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+async fn introspect(
+    State(svc): Svc,
+    headers: HeaderMap,
+    OAuthForm(form): OAuthForm<TokenParamForm>,
+) -> Result<Response, OAuthError> {
+    let auth = client_auth(&headers, form.client_id.clone(), form.client_secret.clone());
+    blocking(svc, move |s| s.introspect_rfc7662(auth, form))
+        .await
+        .map(|v| Json(v).into_response())
 }
 
 async fn create_session(
     State(svc): Svc,
     headers: HeaderMap,
-    Json(body): Json<serde_json::Value>,
-) -> Response {
-    let auth = client_auth(&headers, &[]);
-    match tokio::task::spawn_blocking(move || svc.create_session(auth, &body)).await {
-        Ok(Ok(v)) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    OAuthJson(body): OAuthJson<NewSession>,
+) -> Result<Response, OAuthError> {
+    let auth = client_auth(&headers, None, None);
+    blocking(svc, move |s| s.create_session(auth, body))
+        .await
+        .map(no_store)
 }
 
 async fn session_claims(
     State(svc): Svc,
     Path(sub): Path<String>,
     headers: HeaderMap,
-    Json(claims): Json<serde_json::Value>,
-) -> Response {
-    let auth = client_auth(&headers, &[]);
-    match tokio::task::spawn_blocking(move || svc.set_session_claims(auth, &sub, &claims)).await {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    OAuthJson(claims): OAuthJson<serde_json::Value>,
+) -> Result<StatusCode, OAuthError> {
+    let auth = client_auth(&headers, None, None);
+    blocking(svc, move |s| s.set_session_claims(auth, &sub, claims)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An admin reply: the control protocol's envelope as JSON.
+fn admin_reply(status: StatusCode, error: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "ok": false, "error": error })),
+    )
+        .into_response()
 }
 
 /// `POST /v1/admin`: a control-socket request (JSON) authorized by the admin bearer credential.
 async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let Some(expected) = svc.settings().admin_token_sha256.clone() else {
-        return (
+        return admin_reply(
             StatusCode::FORBIDDEN,
-            Json(serde_json::json!({ "ok": false, "error": "admin over HTTP is disabled (no --admin-token-file)" })),
-        )
-            .into_response();
+            "admin over HTTP is disabled (no --admin-token-file)",
+        );
     };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -439,32 +294,20 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
         )
             .into_response();
     }
-    let req: crate::control::protocol::Request = match serde_json::from_slice(&body) {
+    let req: ControlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({ "ok": false, "error": format!("bad request: {e}") })),
-            )
-                .into_response();
-        }
+        Err(e) => return admin_reply(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
     };
     if req.is_stream() {
-        let msg = "events is a stream: use the control socket (tokenwall events)";
-        return (
+        return admin_reply(
             StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "ok": false, "error": msg })),
-        )
-            .into_response();
+            "events is a stream: use the control socket (tokenwall events)",
+        );
     }
     if !req.is_read_only() {
         log::info!("admin: {} by the admin credential over HTTP", req.command());
     }
-    match tokio::task::spawn_blocking(move || {
-        crate::control::server::Handler::handle(&*svc, req, "admin")
-    })
-    .await
-    {
+    match tokio::task::spawn_blocking(move || svc.handle(req, "admin")).await {
         Ok(reply) => {
             let status = if reply.ok {
                 StatusCode::OK
@@ -478,184 +321,14 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
 }
 
 /// `GET /metrics` (OpenMetrics text).
-async fn metrics(State(svc): Svc) -> Response {
-    match tokio::task::spawn_blocking(move || svc.metrics_text()).await {
-        Ok(Ok(text)) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::{
-        io::{AsyncReadExt as _, AsyncWriteExt as _},
-        net::TcpStream,
-        time::timeout,
-    };
-
-    /// Generous bound on anything the tests wait for.
-    const WAIT: Duration = Duration::from_secs(5);
-
-    async fn start(limits: Limits) -> (Arc<Server>, std::net::SocketAddr) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new().route("/", get(|| async { "ok" }));
-        let server = Arc::new(Server::new(limits));
-        let s = server.clone();
-        tokio::spawn(async move { s.run(listener, app).await });
-        (server, addr)
-    }
-
-    /// One GET on `c`; the response text (the body is `ok`, so it ends with it).
-    async fn get_ok(c: &mut TcpStream) -> String {
-        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        timeout(WAIT, async {
-            while !got.ends_with(b"\r\n\r\nok") {
-                let n = c.read(&mut buf).await.unwrap();
-                assert!(n > 0, "closed before a response");
-                got.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .expect("no response");
-        String::from_utf8(got).unwrap()
-    }
-
-    /// Waits (bounded) until `cond` holds.
-    async fn until(what: &str, cond: impl Fn() -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn a_client_trickling_headers_is_disconnected_after_the_header_read_timeout() {
-        let header_timeout = Duration::from_millis(300);
-        let (_server, addr) = start(Limits::new(header_timeout, 8).unwrap()).await;
-        let started = Instant::now();
-        let c = TcpStream::connect(addr).await.unwrap();
-        let (mut rx, mut tx) = c.into_split();
-        // One header byte every 20 ms, never the end of the headers (bounded: 200 bytes).
-        let trickle = tokio::spawn(async move {
-            let head = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Slow: {}", "a".repeat(200));
-            for b in head.bytes().take(200) {
-                if tx.write_all(&[b]).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        let mut buf = [0u8; 1024];
-        let closed = timeout(WAIT, async {
-            loop {
-                match rx.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {} // whatever hyper says before closing
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "the slow client was never disconnected");
-        assert!(
-            started.elapsed() >= header_timeout,
-            "closed before the timeout: {:?}",
-            started.elapsed()
-        );
-        trickle.abort();
-        // Others are still served.
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        assert!(get_ok(&mut c).await.starts_with("HTTP/1.1 200"));
-    }
-
-    #[tokio::test]
-    async fn keep_alive_serves_several_requests_on_one_connection() {
-        let (_server, addr) = start(Limits::default()).await;
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        for _ in 0..3 {
-            let r = get_ok(&mut c).await;
-            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-            assert!(!r.to_ascii_lowercase().contains("connection: close"), "{r}");
-        }
-    }
-
-    #[tokio::test]
-    async fn connections_beyond_the_limit_wait_and_are_served_when_one_closes() {
-        let (server, addr) = start(Limits::new(Duration::from_secs(30), 2).unwrap()).await;
-        let mut a = TcpStream::connect(addr).await.unwrap();
-        let mut b = TcpStream::connect(addr).await.unwrap();
-        get_ok(&mut a).await;
-        get_ok(&mut b).await;
-        until("both slots taken", || server.available() == 0).await;
-        until("the accept loop to wait for a slot", || {
-            server.limit_hits() >= 1
-        })
-        .await;
-        // The third connection is made (the kernel's backlog holds it) but not served:
-        // tokenwall accepts nothing while every slot is taken.
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(
-            c.try_read(&mut buf).map_err(|e| e.kind()),
-            Err(std::io::ErrorKind::WouldBlock),
-            "served beyond the limit"
-        );
-        assert_eq!(server.available(), 0);
-        // One leaves: the waiting connection is accepted and answered.
-        drop(a);
-        let mut got = Vec::new();
-        timeout(WAIT, async {
-            while !got.ends_with(b"\r\n\r\nok") {
-                let n = c.read(&mut buf).await.unwrap();
-                assert!(n > 0, "closed before a response");
-                got.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .expect("the waiting connection was never served");
-        assert!(got.starts_with(b"HTTP/1.1 200"));
-        // The one that stayed is still served too.
-        assert!(get_ok(&mut b).await.starts_with("HTTP/1.1 200"));
-    }
-
-    #[test]
-    fn the_limit_warning_is_logged_once_per_interval_not_per_connection() {
-        let mut log = LimitLog::default();
-        let t0 = Instant::now();
-        assert!(log.hit(t0, 2));
-        for ms in [1, 500, 59_999] {
-            assert!(!log.hit(t0 + Duration::from_millis(ms), 2));
-        }
-        assert_eq!(log.unreported, 3);
-        assert!(log.hit(t0 + LIMIT_LOG_EVERY, 2));
-        assert_eq!(log.unreported, 0);
-    }
-
-    #[test]
-    fn limits_refuse_zero() {
-        assert_eq!(
-            Limits::new(Duration::ZERO, 1).unwrap_err(),
-            LimitsError::ZeroTimeout
-        );
-        assert!(matches!(
-            Limits::new(Duration::from_secs(1), 0),
-            Err(LimitsError::Connections { .. })
-        ));
-    }
+async fn metrics(State(svc): Svc) -> Result<Response, OAuthError> {
+    let text = blocking(svc, |s| s.metrics_text().map_err(OAuthError::server)).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

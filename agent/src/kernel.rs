@@ -11,7 +11,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{config::Config, map_names, program_names, revoked::RevokedEntry};
+use agent_common::{
+    config::Config, counters::Counter, map_names, program_names, revoked::RevokedEntry,
+};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -23,13 +25,13 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The compiled kernel programs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwall"));
 
 /// Where and how a program is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hook {
     /// Native (driver) XDP.
@@ -74,17 +76,109 @@ pub struct TestRunOutput {
     pub packet: Vec<u8>,
 }
 
-/// The loaded programs and their maps.
-pub struct Kernel {
+/// The loaded programs, their links, counters and interface slots (everything but the maps
+/// userspace writes, which are [`maps::AyaMaps`] and [`maps::AyaConfig`]).
+pub struct LoadedPrograms {
     ebpf: Ebpf,
     bpffs: PathBuf,
-    revoked: HashMap<MapData, u64, RevokedEntry>,
-    revoked_headers: HashMap<MapData, u64, RevokedEntry>,
-    config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     iface_slots: Array<MapData, u32>,
     /// Links this process holds (dropping one closes our fd; the pin keeps it attached).
     links: Vec<(Attachment, FdLink)>,
+}
+
+/// Everything [`Kernel::load`] opened: the programs and the maps, split by
+/// [`Kernel::into_parts`] for the daemon, used whole by tests and benchmarks.
+pub struct Kernel {
+    programs: LoadedPrograms,
+    /// The revocation maps.
+    pub maps: AyaMaps,
+    config: AyaConfig,
+}
+
+impl std::ops::Deref for Kernel {
+    type Target = LoadedPrograms;
+    fn deref(&self) -> &LoadedPrograms {
+        &self.programs
+    }
+}
+
+impl std::ops::DerefMut for Kernel {
+    fn deref_mut(&mut self) -> &mut LoadedPrograms {
+        &mut self.programs
+    }
+}
+
+/// What the daemon does with its programs: attach, detach, read counters. The aya
+/// implementation is [`LoadedPrograms`]; [`MemoryPrograms`] stands in for tests without root.
+pub trait Programs: Send {
+    /// Attaches to `iface` (replacing the program inside an existing pinned link).
+    fn attach(&mut self, iface: &str, hook: Hook) -> anyhow::Result<()>;
+    /// Removes every attachment of `iface`; returns how many.
+    fn detach(&mut self, iface: &str) -> anyhow::Result<usize>;
+    /// Attachments recorded in the pin directory.
+    fn attachments(&self) -> Vec<Attachment>;
+    /// Counters summed over CPUs and interfaces, in `Counter::ALL` order.
+    fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>>;
+    /// Counters summed over CPUs, per attached interface.
+    fn counters_by_iface(&self) -> anyhow::Result<Vec<slots::IfaceCounters>>;
+    /// Removes the map pins and the pin directory once no attachment is left.
+    fn remove_pins_if_unused(&self) -> anyhow::Result<()>;
+}
+
+impl Programs for LoadedPrograms {
+    fn attach(&mut self, iface: &str, hook: Hook) -> anyhow::Result<()> {
+        LoadedPrograms::attach(self, iface, hook)
+    }
+    fn detach(&mut self, iface: &str) -> anyhow::Result<usize> {
+        LoadedPrograms::detach(self, iface)
+    }
+    fn attachments(&self) -> Vec<Attachment> {
+        LoadedPrograms::attachments(self)
+    }
+    fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+        LoadedPrograms::counters(self)
+    }
+    fn counters_by_iface(&self) -> anyhow::Result<Vec<slots::IfaceCounters>> {
+        LoadedPrograms::counters_by_iface(self)
+    }
+    fn remove_pins_if_unused(&self) -> anyhow::Result<()> {
+        remove_pins_if_unused(&self.bpffs)
+    }
+}
+
+/// Programs that exist only in memory: attachments are recorded, counters stay zero.
+#[derive(Debug, Default)]
+pub struct MemoryPrograms {
+    attached: Vec<Attachment>,
+}
+
+impl Programs for MemoryPrograms {
+    fn attach(&mut self, iface: &str, hook: Hook) -> anyhow::Result<()> {
+        self.attached.retain(|a| a.iface != iface);
+        self.attached.push(Attachment {
+            iface: iface.into(),
+            hook,
+        });
+        Ok(())
+    }
+    fn detach(&mut self, iface: &str) -> anyhow::Result<usize> {
+        let before = self.attached.len();
+        self.attached.retain(|a| a.iface != iface);
+        Ok(before - self.attached.len())
+    }
+    fn attachments(&self) -> Vec<Attachment> {
+        self.attached.clone()
+    }
+    fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+        Ok(Counter::ALL.into_iter().map(|c| (c, 0)).collect())
+    }
+    fn counters_by_iface(&self) -> anyhow::Result<Vec<slots::IfaceCounters>> {
+        Ok(Vec::new())
+    }
+    fn remove_pins_if_unused(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Pin path of a link: `links/<hook>@<iface>`. bpffs refuses names containing `.`, which
@@ -136,84 +230,85 @@ impl Kernel {
             .ok_or_else(|| anyhow!("program {} missing", program_names::BASELINE))?
             .try_into()?;
         baseline.load().context("loading the baseline program")?;
-        let revoked = HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED)?)?;
-        let revoked_headers = HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED_HEADERS)?)?;
-        let config = Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)?;
+        let maps = AyaMaps {
+            tokens: HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED)?)?,
+            headers: HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED_HEADERS)?)?,
+        };
+        let config = AyaConfig(Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)?);
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
         let iface_slots = Array::try_from(take_map(&mut ebpf, map_names::IFACE_SLOT)?)?;
         Ok(Self {
-            ebpf,
-            bpffs: bpffs.to_path_buf(),
-            revoked,
-            revoked_headers,
+            programs: LoadedPrograms {
+                ebpf,
+                bpffs: bpffs.to_path_buf(),
+                counters,
+                iface_slots,
+                links: Vec::new(),
+            },
+            maps,
             config,
-            counters,
-            iface_slots,
-            links: Vec::new(),
         })
     }
 
-    /// Takes the hit-event ring buffer (call once).
-    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        Ok(RingBuf::try_from(take_map(
-            &mut self.ebpf,
-            map_names::EVENTS,
-        )?)?)
+    /// The programs, the revocation maps and the configuration record, for their owners.
+    pub fn into_parts(self) -> (LoadedPrograms, AyaMaps, AyaConfig) {
+        (self.programs, self.maps, self.config)
     }
 
     /// Writes the configuration if it differs from what the kernel has.
     pub fn set_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
-        let current = self.config.get(&0, 0)?;
-        if bytes_of(&current) != bytes_of(cfg) {
-            self.config.set(0, cfg, 0)?;
+        let current = self.config.read()?;
+        if maps::bytes_of(&current) != maps::bytes_of(cfg) {
+            self.config.write(cfg)?;
         }
         Ok(())
     }
 
     /// Changes the kernel's configuration in place (read, modify, write if changed).
     pub fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> anyhow::Result<()> {
-        let mut cfg = self.config.get(&0, 0)?;
+        let mut cfg = self.config.read()?;
         f(&mut cfg);
         self.set_config(&cfg)
     }
 
-    /// Every hash in the revoked header-segment map.
-    pub fn revoked_header_hashes(&self) -> Vec<u64> {
-        self.revoked_headers.keys().filter_map(Result::ok).collect()
-    }
-
-    /// Inserts or replaces a revoked entry.
+    /// Inserts or replaces a revoked token entry.
     pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
-        self.revoked
-            .insert(hash, entry, 0)
-            .context("updating the revoked-token map (full?)")
+        Ok(self.maps.insert(MapKind::Tokens, hash, entry)?)
     }
 
-    /// Removes a revoked entry; absent entries are fine.
+    /// Removes a revoked token entry; absent entries are fine.
     pub fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
-        remove_key(&mut self.revoked, hash)
+        Ok(self.maps.remove(MapKind::Tokens, hash)?)
     }
 
     /// Inserts or replaces a revoked JWS header segment (every token of one signing key).
     pub fn insert_header(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
-        self.revoked_headers
-            .insert(hash, entry, 0)
-            .context("updating the revoked-header map (full?)")
+        Ok(self.maps.insert(MapKind::Headers, hash, entry)?)
     }
 
     /// Removes a revoked header segment; absent entries are fine.
     pub fn remove_header(&mut self, hash: u64) -> anyhow::Result<()> {
-        remove_key(&mut self.revoked_headers, hash)
+        Ok(self.maps.remove(MapKind::Headers, hash)?)
     }
 
-    /// Every hash in the revoked map.
-    pub fn revoked_hashes(&self) -> Vec<u64> {
-        self.revoked.keys().filter_map(Result::ok).collect()
-    }
-
-    /// Whether the kernel map holds `hash`.
+    /// Whether the token map holds `hash`.
     pub fn contains(&self, hash: u64) -> bool {
-        self.revoked.get(&hash, 0).is_ok()
+        self.maps.contains(MapKind::Tokens, hash)
+    }
+
+    /// Every hash in the token map.
+    pub fn revoked_hashes(&self) -> Vec<u64> {
+        self.maps.hashes(MapKind::Tokens)
+    }
+}
+
+impl LoadedPrograms {
+    /// Takes the hit-event ring buffer (call once).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(take_map(
+            &mut self.ebpf,
+            map_names::EVENTS,
+        )?)?)
     }
 
     /// Attaches to `iface` with `hook`, replacing the program inside an existing pinned link
@@ -348,26 +443,9 @@ impl Kernel {
     }
 }
 
-fn remove_key(map: &mut HashMap<MapData, u64, RevokedEntry>, hash: u64) -> anyhow::Result<()> {
-    match map.remove(&hash) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
-}
-
-fn bytes_of(c: &Config) -> &[u8] {
-    // SAFETY: Config is repr(C), Copy, and fully initialised (no padding holes: explicit _pad).
-    unsafe { std::slice::from_raw_parts((c as *const Config).cast::<u8>(), size_of::<Config>()) }
 }
 
 fn spawn_kernel_logger(
@@ -451,4 +529,7 @@ pub fn check_privileges() -> anyhow::Result<()> {
     Ok(())
 }
 
-mod slots;
+pub mod maps;
+pub mod slots;
+
+use maps::{AyaConfig, AyaMaps, ConfigMap as _, MapKind, RevocationMaps as _};

@@ -3,6 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
+use agent_common::hash::{HashKey, revocation_hash, revocation_key_len, token_hash};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 
 /// A keyed hash naming a token (or a header segment, or a rule) without revealing it. Shown
@@ -47,6 +48,39 @@ impl<'de> Deserialize<'de> for TokenHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(D::Error::custom)
+    }
+}
+
+/// The keyed hashes one token check needs, computed once per check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenHashes {
+    /// The revocation key and fingerprint: the hash of a JWS's signing input (every signature
+    /// of the same content), of anything else whole. What the kernel looks up.
+    pub key: u64,
+    /// The hash of the whole token: what the verified-token cache is keyed on (a cached answer
+    /// must only ever be served for the exact signature that was verified), and what
+    /// revocations recorded before signing-input keying were keyed on.
+    pub whole: u64,
+    /// The hash of the first segment (a JWS header: every token of one signing key).
+    pub header: u64,
+}
+
+impl TokenHashes {
+    /// Hashes `token` under `key`.
+    pub fn of(key: &HashKey, token: &str) -> Self {
+        let bytes = token.as_bytes();
+        let revocation = revocation_hash(key, bytes);
+        let whole = if revocation_key_len(bytes) == bytes.len() {
+            revocation
+        } else {
+            token_hash(key, bytes)
+        };
+        let header = token.split('.').next().unwrap_or_default();
+        Self {
+            key: revocation,
+            whole,
+            header: token_hash(key, header.as_bytes()),
+        }
     }
 }
 

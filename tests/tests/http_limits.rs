@@ -42,7 +42,7 @@ fn until(what: &str, cond: impl Fn() -> bool) {
 fn slow_headers_are_cut_off_and_connections_over_the_limit_wait_for_a_free_slot() {
     let tb = Testbed::new().unwrap();
     let config = tb.work_dir().join("limits.toml");
-    std::fs::write(&config, "http_max_connections = 2\n").unwrap();
+    std::fs::write(&config, "[process]\nhttp_max_connections = 2\n").unwrap();
     let config = config.display().to_string();
     let timeout = HEADER_TIMEOUT.as_secs().to_string();
     let d = tb

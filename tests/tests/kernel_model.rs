@@ -320,7 +320,7 @@ fn unwatched_ports_udp_fragments_and_syns_pass_untouched() {
 fn expired_entries_are_ignored() {
     let (mut k, cfg, _pins) = load("expiry", Action::Drop);
     let mut live_cfg = cfg;
-    live_cfg.clock_offset_ns = tokenwall::daemon::clock_offset_ns();
+    live_cfg.clock_offset_ns = tokenwall::clock::clock_offset_ns();
     k.set_config(&live_cfg).unwrap();
     let now = tokenwall::clock::now();
     let req = |t: &str| {

@@ -123,8 +123,13 @@ fn external_issuers_and_api_keys_from_a_config_file_behind_nginx() {
     );
     let config = format!(
         r#"
-api_key_header = "X-Api-Key"
+[process]
 admin_token_file = "{admin}"
+
+[enforcement]
+api_key_header = "X-Api-Key"
+
+[tokens]
 jwks_min_refetch = 1
 
 [[clients]]
@@ -378,7 +383,7 @@ fn a_key_replaced_under_its_kid_at_the_issuer_is_trusted_and_the_old_one_refused
     std::fs::write(
         &config,
         format!(
-            "jwks_min_refetch = 1\n[[keys]]\njwks_url = \"http://{}/jwks.json\"\nissuer = \"https://rot.test\"\n",
+            "[tokens]\njwks_min_refetch = 1\n[[keys]]\njwks_url = \"http://{}/jwks.json\"\nissuer = \"https://rot.test\"\n",
             jwks.addr
         ),
     )

@@ -76,7 +76,10 @@ fn view(now: &TopSnapshot, before: Option<&(Instant, TopSnapshot)>) -> View {
         let (v, r) = rate(&|s| kernel_total(s, name));
         rates.push((format!("kernel {label}"), r, v));
     }
-    for outcome in crate::monitoring::metrics::OUTCOMES {
+    for outcome in crate::monitoring::metrics::Outcome::ALL
+        .iter()
+        .map(|o| o.as_str())
+    {
         let (v, r) = rate(&|s| s.checks.get(outcome).copied().unwrap_or(0));
         if v > 0.0 || outcome == "ok" {
             rates.push((format!("checks {outcome}"), r, v));
@@ -286,7 +289,7 @@ mod tests {
                 last_source: Some("192.0.2.2:5000".into()),
             }],
             alerts: vec![crate::monitoring::alerts::Alert {
-                rule: "token_theft".into(),
+                rule: crate::monitoring::metrics::AlertRule::TokenTheft,
                 fingerprint: Some("0123456789abcdef".into()),
                 detail: "x".into(),
                 time: "2026-11-24T12:00:00Z".into(),

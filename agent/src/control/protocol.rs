@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
+pub use crate::monitoring::{EventLine, TopToken};
 pub use crate::tokens::authority::{KeyAdded, KeyInfo};
 use crate::{
     monitoring::alerts::Alert,
@@ -447,27 +448,6 @@ pub struct StatusReply {
     pub bpffs: String,
 }
 
-/// A kernel hit event as streamed by `events`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EventLine {
-    /// RFC 3339 time of the hit.
-    pub time: String,
-    /// Token fingerprint.
-    pub fingerprint: TokenHash,
-    /// `bearer` or `api_key`.
-    pub kind: String,
-    /// `drop`, `reset`, `observe` or `passed_to_stack`.
-    pub action: String,
-    /// `token` (this token is revoked) or `signing_key` (its JWS header segment is).
-    pub matched: String,
-    /// Interface name (or index when unknown).
-    pub iface: String,
-    /// Client address and port.
-    pub source: String,
-    /// Server address and port.
-    pub destination: String,
-}
-
 /// Reply to `monitoring`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MonitoringReply {
@@ -482,17 +462,6 @@ pub struct IfaceCounters {
     pub iface: String,
     /// Counters summed over CPUs, by name.
     pub counters: std::collections::BTreeMap<String, u64>,
-}
-
-/// A revoked token the kernel hits often.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TopToken {
-    /// Its fingerprint.
-    pub fingerprint: String,
-    /// Kernel hits.
-    pub kernel_hits: u64,
-    /// Where the last hit came from.
-    pub last_source: Option<String>,
 }
 
 /// Reply to `top`: the counters `tokenwall top` turns into rates.

@@ -1,5 +1,6 @@
-//! `tokenwall run --config FILE`: daemon settings, OAuth clients, trusted external keys and API
-//! keys in TOML. Flags given on the command line win over the file. Entries are applied at
+//! `tokenwall run --config FILE`: daemon settings (one table per group, the same names as the
+//! flags), OAuth clients, trusted external keys and API keys in TOML. Flags given on the
+//! command line win over the file. Entries are applied at
 //! start and are idempotent: an entry already in the state directory is left alone, one that
 //! differs from the stored one is an error (remove it with the CLI first), and entries removed
 //! from the file stay until removed with the CLI (the state directory is authoritative).
@@ -10,58 +11,31 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::{
-    cli::RunArgs,
-    tokens::{
-        authority::Authority,
-        keys::{ExternalKey, KeySource},
-    },
+use super::settings::{
+    AlertSettings, EnforcementSettings, ProcessSettings, RunSettings, TokenSettings,
+};
+use crate::tokens::{
+    authority::Authority,
+    keys::{ExternalKey, KeySource},
 };
 
-/// The file's contents.
+/// The file's contents: the settings tables (see [`super::settings`]) and the state it
+/// imports.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// `--http`.
-    pub http: Option<std::net::SocketAddr>,
-    /// `--http-header-read-timeout` (seconds).
-    pub http_header_read_timeout: Option<u64>,
-    /// `--http-max-connections`.
-    pub http_max_connections: Option<u64>,
-    /// `--issuer`.
-    pub issuer: Option<String>,
-    /// `--audience`.
-    pub audience: Option<String>,
-    /// `--access-ttl`.
-    pub access_ttl: Option<u64>,
-    /// `--refresh-ttl`.
-    pub refresh_ttl: Option<u64>,
-    /// `--refresh-grace`.
-    pub refresh_grace: Option<u64>,
-    /// `--jwks-min-refetch`.
-    pub jwks_min_refetch: Option<u64>,
-    /// `--api-key-header`.
-    pub api_key_header: Option<String>,
-    /// `--admin-token-file`.
-    pub admin_token_file: Option<PathBuf>,
-    /// `--signing-alg`.
-    pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
-    /// `--version-claim`.
-    pub version_claim: Option<String>,
-    /// `--monitoring`.
-    pub monitoring: Option<crate::cli::OnOff>,
-    /// `--alert-webhook`.
-    pub alert_webhook: Option<String>,
-    /// `--alert-queue`.
-    pub alert_queue: Option<usize>,
-    /// `--alert-replay-sources`.
-    pub alert_replay_sources: Option<usize>,
-    /// `--alert-hits-per-minute`.
-    pub alert_hits_per_minute: Option<u64>,
-    /// `--alert-key-rejections-per-minute`.
-    pub alert_key_rejections_per_minute: Option<u64>,
-    /// `--alert-key-rejection-ratio`.
-    pub alert_key_rejection_ratio: Option<f64>,
+    /// `[process]`.
+    #[serde(default)]
+    pub process: ProcessSettings,
+    /// `[enforcement]`.
+    #[serde(default)]
+    pub enforcement: EnforcementSettings,
+    /// `[tokens]`.
+    #[serde(default)]
+    pub tokens: TokenSettings,
+    /// `[alerts]`.
+    #[serde(default)]
+    pub alerts: AlertSettings,
     /// OAuth clients.
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
@@ -135,33 +109,14 @@ impl ConfigFile {
         toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
     }
 
-    /// Fills the run settings the command line left unset.
-    pub fn fill(&self, args: &mut RunArgs) {
-        macro_rules! fill {
-            ($($f:ident),*) => { $( if args.$f.is_none() { args.$f = self.$f.clone(); } )* };
+    /// The file's settings tables.
+    pub fn settings(&self) -> RunSettings {
+        RunSettings {
+            process: self.process.clone(),
+            enforcement: self.enforcement.clone(),
+            tokens: self.tokens.clone(),
+            alerts: self.alerts.clone(),
         }
-        fill!(
-            http,
-            http_header_read_timeout,
-            http_max_connections,
-            issuer,
-            audience,
-            access_ttl,
-            refresh_ttl,
-            refresh_grace,
-            jwks_min_refetch,
-            api_key_header,
-            admin_token_file,
-            signing_alg,
-            version_claim,
-            monitoring,
-            alert_webhook,
-            alert_queue,
-            alert_replay_sources,
-            alert_hits_per_minute,
-            alert_key_rejections_per_minute,
-            alert_key_rejection_ratio
-        );
     }
 
     /// Registers the file's clients, keys and API keys (idempotently).
@@ -226,79 +181,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_fields_and_bad_types_are_errors() {
-        assert!(toml::from_str::<ConfigFile>("htp = \"127.0.0.1:1\"").is_err());
-        assert!(toml::from_str::<ConfigFile>("access_ttl = \"long\"").is_err());
-        assert!(toml::from_str::<ConfigFile>("[[clients]]\nid = \"a\"").is_err());
-    }
-
-    #[test]
-    fn the_command_line_wins_over_the_file() {
+    fn the_file_holds_settings_tables_and_imports() {
         let file: ConfigFile = toml::from_str(
-            "http = \"127.0.0.1:9000\"\naudience = \"orders\"\naccess_ttl = 60\n\
+            "[process]\nhttp = \"127.0.0.1:9000\"\n[tokens]\naccess_ttl = 60\n\
              [[clients]]\nid = \"billing\"\nsecret_file = \"/etc/tw/billing\"\nscopes = [\"a\"]\n",
         )
         .unwrap();
-        let mut args =
-            match crate::cli::parse(["tokenwall", "run", "--iface", "eth0", "--audience", "cli"])
-                .unwrap()
-                .command
-            {
-                crate::cli::Command::Run(a) => *a,
-                _ => unreachable!(),
-            };
-        file.fill(&mut args);
-        assert_eq!(args.http(), "127.0.0.1:9000".parse().unwrap());
-        assert_eq!(args.audience.as_deref(), Some("cli"));
-        assert_eq!(args.access_ttl, Some(60));
+        assert_eq!(file.settings().tokens.access_ttl, Some(60));
         assert_eq!(file.clients[0].scopes, ["a"]);
     }
 
-    fn run_args(extra: &[&str]) -> RunArgs {
-        let mut argv = vec!["tokenwall", "run", "--iface", "eth0"];
-        argv.extend_from_slice(extra);
-        match crate::cli::parse(argv).unwrap().command {
-            crate::cli::Command::Run(a) => *a,
-            _ => unreachable!(),
-        }
-    }
-
     #[test]
-    fn http_limits_come_from_flags_then_the_file_then_the_defaults() {
-        use crate::http::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
-        use std::time::Duration;
-        let limits = run_args(&[]).http_limits().unwrap();
-        assert_eq!(
-            (limits.header_read_timeout(), limits.max_connections()),
-            (DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS)
-        );
-        let file: ConfigFile =
-            toml::from_str("http_header_read_timeout = 3\nhttp_max_connections = 64\n").unwrap();
-        let mut args = run_args(&["--http-max-connections", "8"]);
-        file.fill(&mut args);
-        let limits = args.http_limits().unwrap();
-        assert_eq!(
-            (limits.header_read_timeout(), limits.max_connections()),
-            (Duration::from_secs(3), 8)
-        );
-        // Zero is refused: on the command line by clap, in the file when the limits are made.
+    fn unknown_tables_fields_and_bad_types_are_errors() {
         assert!(
-            crate::cli::parse([
-                "tokenwall",
-                "run",
-                "--iface",
-                "e",
-                "--http-max-connections",
-                "0"
-            ])
-            .is_err()
+            toml::from_str::<ConfigFile>("http = \"127.0.0.1:1\"").is_err(),
+            "not in a table"
         );
-        let file: ConfigFile = toml::from_str("http_header_read_timeout = 0").unwrap();
-        let mut args = run_args(&[]);
-        file.fill(&mut args);
-        assert_eq!(
-            args.http_limits().unwrap_err(),
-            crate::http::LimitsError::ZeroTimeout
-        );
+        assert!(toml::from_str::<ConfigFile>("[tokens]\naccess_ttl = \"long\"").is_err());
+        assert!(toml::from_str::<ConfigFile>("[[clients]]\nid = \"a\"").is_err());
+        assert!(toml::from_str::<ConfigFile>("[policy]\nx = 1").is_err());
     }
 }

@@ -12,6 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::labels::AlertRule;
 use crate::monitoring::lifecycle::{EventKind, LifecycleEvent};
 
 /// Tokens tracked for replay and rate rules (older ones are forgotten first).
@@ -45,7 +46,7 @@ impl Default for AlertRules {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Alert {
     /// `token_theft`, `revoked_token_flood`, `key_rollout`, `refresh_reuse`.
-    pub rule: String,
+    pub rule: AlertRule,
     /// The token concerned, if one.
     pub fingerprint: Option<String>,
     /// What was seen.
@@ -56,9 +57,9 @@ pub struct Alert {
 
 impl Alert {
     /// An alert at the current time.
-    pub fn now(rule: &str, fingerprint: Option<String>, detail: String) -> Self {
+    pub fn now(rule: AlertRule, fingerprint: Option<String>, detail: String) -> Self {
         Self {
-            rule: rule.into(),
+            rule,
             fingerprint,
             detail,
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -79,7 +80,7 @@ pub struct AlertEngine {
     rules: AlertRules,
     sources: HashMap<String, HashSet<String>>,
     hits: HashMap<String, (u64, u64)>,
-    fired: HashSet<(String, &'static str)>,
+    fired: HashSet<(String, AlertRule)>,
     minute: Minute,
 }
 
@@ -99,9 +100,9 @@ impl AlertEngine {
     /// once per token, and the rollout rule once per minute).
     pub fn observe(&mut self, ev: &LifecycleEvent, now: u64) -> Vec<Alert> {
         let mut out = Vec::new();
-        let mut fire = |rule: &'static str, fp: Option<&String>, detail: String| {
+        let mut fire = |rule: AlertRule, fp: Option<&String>, detail: String| {
             out.push(Alert {
-                rule: rule.into(),
+                rule,
                 fingerprint: fp.cloned(),
                 detail,
                 time: ev.time.clone(),
@@ -122,11 +123,11 @@ impl AlertEngine {
                     let set = self.sources.entry(fp.clone()).or_default();
                     set.insert(ip.trim_matches(['[', ']']).to_string());
                     if set.len() > self.rules.replay_sources
-                        && self.fired.insert((fp.clone(), "token_theft"))
+                        && self.fired.insert((fp.clone(), AlertRule::TokenTheft))
                     {
                         let n = set.len();
                         fire(
-                            "token_theft",
+                            AlertRule::TokenTheft,
                             Some(fp),
                             format!("revoked token replayed from {n} source addresses"),
                         );
@@ -138,11 +139,13 @@ impl AlertEngine {
                 }
                 *count += 1;
                 if *count > self.rules.hits_per_minute
-                    && self.fired.insert((fp.clone(), "revoked_token_flood"))
+                    && self
+                        .fired
+                        .insert((fp.clone(), AlertRule::RevokedTokenFlood))
                 {
                     let n = *count;
                     fire(
-                        "revoked_token_flood",
+                        AlertRule::RevokedTokenFlood,
                         Some(fp),
                         format!("{n} kernel hits within a minute"),
                     );
@@ -152,10 +155,10 @@ impl AlertEngine {
                 let key_rejection = ev.kind == EventKind::Rejected
                     && matches!(ev.detail.as_str(), "bad_signature" | "unknown_key");
                 if let Some(detail) = self.count_check(key_rejection, now) {
-                    fire("key_rollout", None, detail);
+                    fire(AlertRule::KeyRollout, None, detail);
                 }
             }
-            EventKind::ReuseDetected => fire("refresh_reuse", None, ev.detail.clone()),
+            EventKind::ReuseDetected => fire(AlertRule::RefreshReuse, None, ev.detail.clone()),
             _ => {}
         }
         out
@@ -290,7 +293,7 @@ mod tests {
         let hook = Webhook::start(url, 2, Duration::from_secs(60), move |ok| {
             seen.lock().unwrap().push(ok)
         });
-        let alert = |i: u32| Alert::now("token_theft", None, format!("alert {i}"));
+        let alert = |i: u32| Alert::now(AlertRule::TokenTheft, None, format!("alert {i}"));
         assert!(hook.offer(alert(0)));
         tokio::task::spawn_blocking(move || on_accept.recv().unwrap())
             .await
@@ -336,7 +339,7 @@ mod tests {
         }
         let fired = a.observe(&hit("t", "[2001:db8::5]:1"), 100);
         assert_eq!(fired.len(), 1);
-        assert_eq!(fired[0].rule, "token_theft");
+        assert_eq!(fired[0].rule, AlertRule::TokenTheft);
         assert!(
             a.observe(&hit("t", "192.0.2.9:1"), 100).is_empty(),
             "fires once"
@@ -358,7 +361,7 @@ mod tests {
             .flat_map(|_| a.observe(&hit("f", "192.0.2.2:1"), 100))
             .collect();
         assert_eq!(fired.len(), 1);
-        assert_eq!(fired[0].rule, "revoked_token_flood");
+        assert_eq!(fired[0].rule, AlertRule::RevokedTokenFlood);
     }
 
     #[test]
@@ -374,7 +377,7 @@ mod tests {
             fired.extend(a.observe(&e, 100));
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
-        assert_eq!(fired[0].rule, "key_rollout");
+        assert_eq!(fired[0].rule, AlertRule::KeyRollout);
         let mut fired = Vec::new();
         for _ in 0..30 {
             let e = LifecycleEvent::now(EventKind::Rejected, None, "expired");
@@ -382,6 +385,6 @@ mod tests {
         }
         assert!(fired.is_empty(), "expired tokens are not a key problem");
         let reuse = LifecycleEvent::now(EventKind::ReuseDetected, None, "family x");
-        assert_eq!(a.observe(&reuse, 300)[0].rule, "refresh_reuse");
+        assert_eq!(a.observe(&reuse, 300)[0].rule, AlertRule::RefreshReuse);
     }
 }

@@ -281,8 +281,10 @@ mod tests {
     fn a_counted_pass_equals_an_applied_validation() {
         let (mut a, mut b) = (Timelines::default(), Timelines::default());
         assert!(!a.count_pass(0xcc, None), "no timeline yet");
+        // One event applied to both: its time is part of the timeline.
+        let issued = ev(EventKind::Issued, "cc", "client m");
         for t in [&mut a, &mut b] {
-            t.apply(&ev(EventKind::Issued, "cc", "client m"));
+            t.apply(&issued);
         }
         for _ in 0..3 {
             a.apply(&ev(EventKind::Validated, "cc", "ok").with_jti("j9"));

@@ -24,7 +24,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{tokens::validate::Rejection, types::Refusal};
+pub use super::labels::{AlertRule, DeliveryResult, Outcome, RevocationKind, RevocationSource};
+use crate::types::{Refusal, Rejection};
 
 /// Distinct deployment versions labelled before the rest become `other`.
 pub const MAX_VERSIONS: usize = 16;
@@ -39,9 +40,8 @@ pub struct KidLabel {
 /// Labels of a validation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ValidationLabels {
-    /// `ok`, `expired`, `not_yet_valid`, `bad_signature`, `unknown_key`, `wrong_issuer`,
-    /// `wrong_audience`, `revoked`, `malformed`.
-    pub outcome: &'static str,
+    /// The check's outcome.
+    pub outcome: Outcome,
     /// Configured key id, or `other`.
     pub kid: String,
     /// Deployment version claim, `other`, or empty.
@@ -51,10 +51,10 @@ pub struct ValidationLabels {
 /// Labels of a revocation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevocationLabels {
-    /// `token`, `jti`, `sub`, `client`, `kid`, `family`, `api_key`.
-    pub kind: String,
-    /// `operator`, `rfc7009`, `learned`, `reuse`, `session_end`.
-    pub reason: String,
+    /// What was revoked.
+    pub kind: RevocationKind,
+    /// Who or what revoked it.
+    pub reason: RevocationSource,
 }
 
 /// What is read at scrape time.
@@ -149,24 +149,11 @@ impl Collector for SnapshotCollector {
     }
 }
 
-/// Every validation outcome, in label order.
-pub const OUTCOMES: [&str; 9] = [
-    "ok",
-    "expired",
-    "not_yet_valid",
-    "bad_signature",
-    "unknown_key",
-    "wrong_issuer",
-    "wrong_audience",
-    "revoked",
-    "malformed",
-];
-
 /// Running totals of the labelled lifecycle counters, summed over their labels, for
 /// `tokenwall top` (read without encoding or parsing metrics text).
 #[derive(Debug, Default)]
 pub struct Totals {
-    checks: [AtomicU64; OUTCOMES.len()],
+    checks: [AtomicU64; 9],
     issued: AtomicU64,
     revocations: AtomicU64,
     alerts: AtomicU64,
@@ -175,10 +162,10 @@ pub struct Totals {
 impl Totals {
     /// Checks by outcome.
     pub fn checks(&self) -> BTreeMap<String, u64> {
-        OUTCOMES
+        Outcome::ALL
             .iter()
             .zip(&self.checks)
-            .map(|(o, n)| (o.to_string(), n.load(Ordering::Relaxed)))
+            .map(|(o, n)| (o.as_str().to_string(), n.load(Ordering::Relaxed)))
             .collect()
     }
 }
@@ -223,28 +210,28 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabel {
     /// Alert rule.
-    pub rule: String,
+    pub rule: AlertRule,
 }
 
 /// `result` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// Outcome.
-    pub result: String,
+    pub result: DeliveryResult,
 }
 
 /// The `outcome` label of a refusal.
-pub fn outcome(r: &Refusal) -> &'static str {
+pub fn outcome(r: &Refusal) -> Outcome {
     match r {
-        Refusal::Revoked(_) => "revoked",
+        Refusal::Revoked(_) => Outcome::Revoked,
         Refusal::Invalid(rej) => match rej {
-            Rejection::Expired => "expired",
-            Rejection::NotYetValid | Rejection::IssuedInFuture => "not_yet_valid",
-            Rejection::BadSignature | Rejection::AlgorithmMismatch => "bad_signature",
-            Rejection::UnknownKey => "unknown_key",
-            Rejection::WrongIssuer => "wrong_issuer",
-            Rejection::WrongAudience => "wrong_audience",
-            _ => "malformed",
+            Rejection::Expired => Outcome::Expired,
+            Rejection::NotYetValid | Rejection::IssuedInFuture => Outcome::NotYetValid,
+            Rejection::BadSignature | Rejection::AlgorithmMismatch => Outcome::BadSignature,
+            Rejection::UnknownKey => Outcome::UnknownKey,
+            Rejection::WrongIssuer => Outcome::WrongIssuer,
+            Rejection::WrongAudience => Outcome::WrongAudience,
+            _ => Outcome::Malformed,
         },
     }
 }
@@ -341,10 +328,8 @@ impl Metrics {
     }
 
     /// Counts a validation (outcome, key, deployment version).
-    pub fn count_validation(&self, outcome: &'static str, kid: String, version: String) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.totals.checks[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn count_validation(&self, outcome: Outcome, kid: String, version: String) {
+        self.totals.checks[outcome as usize].fetch_add(1, Ordering::Relaxed);
         self.validated
             .get_or_create(&ValidationLabels {
                 outcome,
@@ -363,10 +348,15 @@ impl Metrics {
     }
 
     /// Counts a fired alert.
-    pub fn count_alert(&self, rule: &str) {
+    pub fn count_alert(&self, rule: AlertRule) {
         self.totals.alerts.fetch_add(1, Ordering::Relaxed);
-        self.alerts
-            .get_or_create(&RuleLabel { rule: rule.into() })
+        self.alerts.get_or_create(&RuleLabel { rule }).inc();
+    }
+
+    /// Counts what became of an alert sent to the webhook.
+    pub fn count_delivery(&self, result: DeliveryResult) {
+        self.alert_deliveries
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 
@@ -387,13 +377,10 @@ impl Metrics {
     }
 
     /// Counts a revocation.
-    pub fn count_revocation(&self, kind: &str, reason: &str) {
+    pub fn count_revocation(&self, kind: RevocationKind, reason: RevocationSource) {
         self.totals.revocations.fetch_add(1, Ordering::Relaxed);
         self.revoked
-            .get_or_create(&RevocationLabels {
-                kind: kind.into(),
-                reason: reason.into(),
-            })
+            .get_or_create(&RevocationLabels { kind, reason })
             .inc();
     }
 
@@ -418,13 +405,13 @@ mod tests {
         for i in 0..(MAX_VERSIONS + 3) {
             let v = m.version_of(Some(&format!("v{i}")));
             let labels = ValidationLabels {
-                outcome: "ok",
+                outcome: Outcome::Ok,
                 kid: "k1".into(),
                 version: v,
             };
             m.validated.get_or_create(&labels).inc();
         }
-        m.count_revocation("sub", "operator");
+        m.count_revocation(RevocationKind::Sub, RevocationSource::Operator);
         let text = m.encode(Snapshot {
             kernel: vec![
                 ("eth0".into(), "revoked_hits", 7),
@@ -461,13 +448,19 @@ mod tests {
     #[test]
     fn refusals_map_to_the_documented_outcomes() {
         assert_eq!(
-            outcome(&Refusal::Revoked(crate::types::RevokedBy::Token)),
+            outcome(&Refusal::Revoked(crate::types::RevokedBy::Token)).as_str(),
             "revoked"
         );
-        assert_eq!(outcome(&Refusal::Invalid(Rejection::Expired)), "expired");
-        assert_eq!(outcome(&Refusal::Invalid(Rejection::AlgNone)), "malformed");
         assert_eq!(
-            outcome(&Refusal::Invalid(Rejection::UnknownKey)),
+            outcome(&Refusal::Invalid(Rejection::Expired)).as_str(),
+            "expired"
+        );
+        assert_eq!(
+            outcome(&Refusal::Invalid(Rejection::AlgNone)).as_str(),
+            "malformed"
+        );
+        assert_eq!(
+            outcome(&Refusal::Invalid(Rejection::UnknownKey)).as_str(),
             "unknown_key"
         );
     }

@@ -8,7 +8,7 @@ use std::{
     path::Path,
 };
 
-use agent_common::hash::{HashKey, revocation_hash, revocation_key_len, token_hash};
+use agent_common::hash::HashKey;
 use anyhow::{Context as _, bail};
 
 const FILE: &str = "hash.key";
@@ -45,39 +45,6 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<HashKey> {
             Ok(HashKey::from_bytes(raw))
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// The keyed hashes one token check needs, computed once per check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TokenHashes {
-    /// The revocation key and fingerprint: the hash of a JWS's signing input (every signature
-    /// of the same content), of anything else whole. What the kernel looks up.
-    pub key: u64,
-    /// The hash of the whole token: what the verified-token cache is keyed on (a cached answer
-    /// must only ever be served for the exact signature that was verified), and what
-    /// revocations recorded before signing-input keying were keyed on.
-    pub whole: u64,
-    /// The hash of the first segment (a JWS header: every token of one signing key).
-    pub header: u64,
-}
-
-impl TokenHashes {
-    /// Hashes `token` under `key`.
-    pub fn of(key: &HashKey, token: &str) -> Self {
-        let bytes = token.as_bytes();
-        let revocation = revocation_hash(key, bytes);
-        let whole = if revocation_key_len(bytes) == bytes.len() {
-            revocation
-        } else {
-            token_hash(key, bytes)
-        };
-        let header = token.split('.').next().unwrap_or_default();
-        Self {
-            key: revocation,
-            whole,
-            header: token_hash(key, header.as_bytes()),
-        }
     }
 }
 

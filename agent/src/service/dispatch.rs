@@ -10,7 +10,10 @@ use crate::{
         protocol::{self as p, Command, Envelope, EventLine, Request, TokenRef},
         server::Handler,
     },
-    monitoring::lifecycle::LifecycleEvent,
+    monitoring::{
+        lifecycle::LifecycleEvent,
+        metrics::{RevocationKind, RevocationSource},
+    },
 };
 
 impl Handler for Service {
@@ -19,11 +22,11 @@ impl Handler for Service {
     }
 
     fn hit_events(&self) -> broadcast::Receiver<EventLine> {
-        self.events.subscribe()
+        self.monitor.hit_events()
     }
 
     fn lifecycle_events(&self) -> broadcast::Receiver<LifecycleEvent> {
-        self.lifecycle.subscribe()
+        self.monitor.lifecycle_events()
     }
 }
 
@@ -43,24 +46,30 @@ fn handle_as(svc: &Service, req: Request, actor: &str) -> Envelope {
         _ => None,
     };
     let counted = match &req {
-        Request::Revoke(r) => Some(if r.api_key { "api_key" } else { "token" }),
-        Request::RevokeBy(r) => Some(r.kind.name()),
-        Request::ApiKeysRemove(_) => Some("api_key"),
+        Request::Revoke(r) => Some(if r.api_key {
+            RevocationKind::ApiKey
+        } else {
+            RevocationKind::Token
+        }),
+        Request::RevokeBy(r) => Some(r.kind.into()),
+        Request::ApiKeysRemove(_) => Some(RevocationKind::ApiKey),
         _ => None,
     };
     let unrevoke = matches!(req, Request::Unrevoke(_));
     let mut result = dispatch(svc, req);
     if result.is_ok() {
         if let Some(kind) = counted {
-            svc.metrics.count_revocation(kind, "operator");
+            svc.monitor
+                .metrics
+                .count_revocation(kind, RevocationSource::Operator);
         }
         if unrevoke {
-            svc.metrics.unrevoked.inc();
+            svc.monitor.metrics.unrevoked.inc();
         }
     }
     if let (Ok(_), Some((action, (mut subjects, reason)))) = (&result, audited) {
         subjects.extend(token_fp);
-        if let Err(e) = svc.record(actor, &action, subjects, &reason) {
+        if let Err(e) = svc.monitor.record(actor, &action, subjects, &reason) {
             result = Err(e.context("the change was made, but writing the audit record failed"));
         }
     }

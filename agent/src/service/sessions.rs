@@ -3,21 +3,27 @@
 //! through `grant_type=refresh_token` with rotation and reuse detection (RFC 9700 section 4.14).
 //! Reuse of a retired refresh token ends the whole family and revokes its access tokens, into
 //! the kernel map too.
+//!
+//! Lock order: a renewal holds the sessions lock from the rotation to the recording of the new
+//! access token, and takes the authority's lock (to sign) and the revocations' (to check rules)
+//! inside it. Nothing takes the sessions lock while holding another.
 
 use agent_common::hash::revocation_hash;
 use serde_json::{Value, json};
 
+use super::Service;
 use crate::{
     clock::{JWT_EXP_MARGIN, now},
-    monitoring::lifecycle::{EventKind, LifecycleEvent},
-    oauth::{ClientAuth, OAuthError},
-    revocation::hash_key::fingerprint,
-    service::Service,
-    service::check::{RuleKind, rule_hash},
+    monitoring::{
+        lifecycle::{EventKind, LifecycleEvent},
+        metrics::{RevocationKind, RevocationSource},
+    },
+    oauth::{ClientAuth, NewSession, OAuthError},
     tokens::{
         authority::Issued,
         refresh::{Family, RefreshStore, Rotation},
     },
+    types::{RuleKind, TokenHash},
 };
 
 /// The scope a client needs to open sessions and set claims.
@@ -35,31 +41,23 @@ const RESERVED: &[&str] = &[
     "scope",
     "cnf",
 ];
-
-fn server_error(e: anyhow::Error) -> OAuthError {
-    OAuthError::new(500, "server_error", format!("{e:#}"))
-}
+/// Largest extra claims, encoded.
+const MAX_CLAIMS_BYTES: usize = 2048;
 
 fn check_claims(claims: &Value) -> Result<(), OAuthError> {
     let Value::Object(m) = claims else {
-        return Err(OAuthError::new(
-            400,
-            "invalid_request",
-            "claims must be a JSON object",
+        return Err(OAuthError::InvalidRequest(
+            "claims must be a JSON object".into(),
         ));
     };
     if let Some(k) = m.keys().find(|k| RESERVED.contains(&k.as_str())) {
-        return Err(OAuthError::new(
-            400,
-            "invalid_request",
-            format!("claim {k} is set by the issuer"),
-        ));
+        return Err(OAuthError::InvalidRequest(format!(
+            "claim {k} is set by the issuer"
+        )));
     }
-    if serde_json::to_vec(claims).map_or(0, |v| v.len()) > 2048 {
-        return Err(OAuthError::new(
-            400,
-            "invalid_request",
-            "claims larger than 2 KiB",
+    if serde_json::to_vec(claims).map_or(0, |v| v.len()) > MAX_CLAIMS_BYTES {
+        return Err(OAuthError::InvalidRequest(
+            "claims larger than 2 KiB".into(),
         ));
     }
     Ok(())
@@ -71,58 +69,46 @@ impl Service {
         &self,
         auth: Option<ClientAuth>,
     ) -> Result<(String, Vec<String>), OAuthError> {
-        let auth = auth.ok_or_else(|| {
-            OAuthError::new(401, "invalid_client", "client authentication required")
-        })?;
-        let (id, scopes) = self.client(&auth)?;
+        let (id, scopes) = self.client(auth)?;
         if !scopes.iter().any(|s| s == SESSIONS_SCOPE) {
-            return Err(OAuthError::new(
-                403,
-                "insufficient_scope",
+            return Err(OAuthError::InsufficientScope(
                 "this client may not manage sessions (needs scope sessions)",
             ));
         }
         Ok((id, scopes))
     }
 
-    /// `POST /v1/sessions`: `{"sub": …, "scope": "a b", "claims": {…}}` from a login service.
+    /// `POST /v1/sessions`: a login service opens a session for a subject it authenticated.
     pub fn create_session(
         &self,
         auth: Option<ClientAuth>,
-        body: &Value,
+        body: NewSession,
     ) -> Result<Value, OAuthError> {
         let (client_id, allowed) = self.sessions_client(auth)?;
-        let sub = body
-            .get("sub")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.len() <= 255)
-            .ok_or_else(|| {
-                OAuthError::new(400, "invalid_request", "sub (1-255 characters) required")
-            })?;
-        let scopes: Vec<String> = body
-            .get("scope")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
+        let sub = body.sub.as_str();
+        if sub.is_empty() || sub.len() > 255 {
+            return Err(OAuthError::InvalidRequest(
+                "sub (1-255 characters) required".into(),
+            ));
+        }
+        let scopes: Vec<String> = body.scope.split_whitespace().map(str::to_string).collect();
         // A user's token may carry the login service's scopes, except the right to make sessions.
         if let Some(bad) = scopes
             .iter()
             .find(|s| *s == SESSIONS_SCOPE || !allowed.contains(s))
         {
-            return Err(OAuthError::new(
-                400,
-                "invalid_scope",
-                format!("scope {bad} not grantable by this client"),
-            ));
+            return Err(OAuthError::InvalidScope(format!(
+                "scope {bad} not grantable by this client"
+            )));
         }
-        let mut refresh = self.refresh();
-        if let Some(claims) = body.get("claims") {
+        if let Some(claims) = &body.claims {
             check_claims(claims)?;
+        }
+        let mut refresh = self.sessions.transaction();
+        if let Some(claims) = body.claims {
             refresh
-                .set_claims(sub, claims.clone())
-                .map_err(server_error)?;
+                .set_claims(sub, claims)
+                .map_err(OAuthError::server)?;
         }
         let (family_id, refresh_token) = refresh
             .create(
@@ -132,7 +118,7 @@ impl Service {
                 now(),
                 self.settings().refresh_ttl,
             )
-            .map_err(server_error)?;
+            .map_err(OAuthError::server)?;
         log::info!("session opened for a subject by client {client_id} (family {family_id})");
         let issued = self.issue_in_family(&mut refresh, &family_id, &client_id, sub, &scopes)?;
         drop(refresh);
@@ -144,18 +130,18 @@ impl Service {
         &self,
         auth: Option<ClientAuth>,
         sub: &str,
-        claims: &Value,
+        claims: Value,
     ) -> Result<(), OAuthError> {
         self.sessions_client(auth)?;
-        check_claims(claims)?;
-        self.refresh()
-            .set_claims(sub, claims.clone())
-            .map_err(server_error)
+        check_claims(&claims)?;
+        self.sessions
+            .set_claims(sub, claims)
+            .map_err(OAuthError::server)
     }
 
     /// Issues an access token in a family and records it there, in the caller's critical
-    /// section on the refresh store: a concurrent reuse that ends the family finds the token
-    /// in it and revokes it with the rest.
+    /// section on the sessions: a concurrent reuse that ends the family finds the token in it
+    /// and revokes it with the rest.
     fn issue_in_family(
         &self,
         refresh: &mut RefreshStore,
@@ -168,7 +154,7 @@ impl Service {
         let extra = refresh.claims(sub);
         let now = now();
         let issued = self
-            .authority()
+            .authority
             .issue(
                 |t| revocation_hash(&key, t.as_bytes()),
                 client_id,
@@ -177,11 +163,11 @@ impl Service {
                 &extra,
                 now,
             )
-            .map_err(server_error)?;
+            .map_err(OAuthError::server)?;
         let hash = revocation_hash(&key, issued.token.as_bytes());
         refresh
             .record_access(family_id, hash, issued.exp, now)
-            .map_err(server_error)?;
+            .map_err(OAuthError::server)?;
         Ok(issued)
     }
 
@@ -196,31 +182,30 @@ impl Service {
         action: &str,
     ) -> Result<Value, OAuthError> {
         let now = now();
-        let hash = revocation_hash(&self.key, issued.token.as_bytes());
-        self.metrics.count_issued(&issued.kid);
-        if action == "renew" {
-            self.metrics.renewed.inc();
-        }
+        let fp = TokenHash(revocation_hash(&self.key, issued.token.as_bytes())).to_string();
+        self.monitor.metrics.count_issued(&issued.kid);
         let kind = if action == "renew" {
+            self.monitor.metrics.renewed.inc();
             EventKind::Renewed
         } else {
             EventKind::Issued
         };
-        self.emit(
-            LifecycleEvent::now(kind, Some(fingerprint(hash)), format!("family {family_id}"))
+        self.monitor.emit(
+            LifecycleEvent::now(kind, Some(fp.clone()), format!("family {family_id}"))
                 .with_jti(&issued.jti),
         );
-        self.record(
-            &format!("client:{client_id}"),
-            action,
-            vec![
-                fingerprint(hash),
-                format!("jti:{}", issued.jti),
-                format!("family:{family_id}"),
-            ],
-            "",
-        )
-        .map_err(server_error)?;
+        self.monitor
+            .record(
+                &format!("client:{client_id}"),
+                action,
+                vec![
+                    fp,
+                    format!("jti:{}", issued.jti),
+                    format!("family:{family_id}"),
+                ],
+                "",
+            )
+            .map_err(OAuthError::server)?;
         Ok(json!({
             "access_token": issued.token, "token_type": "Bearer",
             "expires_in": issued.exp.saturating_sub(now), "scope": issued.scope,
@@ -232,78 +217,83 @@ impl Service {
     pub(crate) fn refresh_grant(
         &self,
         client_id: &str,
-        form: &[(String, String)],
+        token: Option<&str>,
+        scope: Option<&str>,
     ) -> Result<Value, OAuthError> {
-        let invalid = |d: &str| OAuthError::new(400, "invalid_grant", d);
-        let token = form
-            .iter()
-            .find(|(n, _)| n == "refresh_token")
-            .map(|(_, v)| v.as_str())
-            .ok_or_else(|| OAuthError::new(400, "invalid_request", "refresh_token missing"))?;
-        // The refresh store stays locked from the rotation to the recording of the new access
-        // token: two parallel refreshes of one token are one rotation and one reuse, and the
-        // reuse always finds (and revokes) the token the rotation issued.
-        let mut refresh = self.refresh();
-        // A token of another client is not rotated (and not treated as reuse either).
-        match refresh.family_of(token) {
-            Some((_, f)) if f.client_id == client_id => {}
-            _ => return Err(invalid("refresh token unknown, expired or revoked")),
-        }
+        let unknown = OAuthError::InvalidGrant("refresh token unknown, expired or revoked");
+        let token =
+            token.ok_or_else(|| OAuthError::InvalidRequest("refresh_token missing".into()))?;
+        // The sessions stay locked from the rotation to the recording of the new access token:
+        // two parallel refreshes of one token are one rotation and one reuse, and the reuse
+        // always finds (and revokes) the token the rotation issued.
+        let mut refresh = self.sessions.transaction();
+        // A token of another client is not rotated (and not treated as reuse either); a scope
+        // beyond the session is refused before anything rotates.
+        let family_scopes = match refresh.family_of(token) {
+            Some((_, f)) if f.client_id == client_id => f.scopes.clone(),
+            _ => return Err(unknown),
+        };
+        let scopes = match scope {
+            // RFC 6749 section 6: a narrower scope may be asked for.
+            Some(s) => {
+                let asked: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+                if let Some(bad) = asked.iter().find(|a| !family_scopes.contains(a)) {
+                    return Err(OAuthError::InvalidScope(format!(
+                        "scope {bad} exceeds the session"
+                    )));
+                }
+                asked
+            }
+            None => family_scopes,
+        };
         let rotation = refresh
             .rotate(token, now(), self.settings().refresh_grace)
-            .map_err(server_error)?;
+            .map_err(OAuthError::server)?;
         match rotation {
-            Rotation::Unknown => Err(invalid("refresh token unknown, expired or revoked")),
+            Rotation::Unknown => Err(unknown),
             Rotation::Reused { family_id, family } => {
                 drop(refresh);
                 log::warn!("refresh-token reuse detected: family {family_id} revoked");
-                self.metrics.reuse_detected.inc();
-                self.emit(LifecycleEvent::now(
+                self.monitor.metrics.reuse_detected.inc();
+                self.monitor.emit(LifecycleEvent::now(
                     EventKind::ReuseDetected,
                     None,
                     format!("family {family_id} revoked"),
                 ));
-                self.metrics.count_revocation("family", "reuse");
+                self.monitor
+                    .metrics
+                    .count_revocation(RevocationKind::Family, RevocationSource::Reuse);
                 self.revoke_family_access(&family, "refresh token reuse")
-                    .map_err(server_error)?;
-                self.record(
-                    &format!("client:{client_id}"),
-                    "reuse_detected",
-                    vec![format!("family:{family_id}")],
-                    "retired refresh token presented",
-                )
-                .map_err(server_error)?;
-                Err(invalid("refresh token reused; the session is revoked"))
+                    .map_err(OAuthError::server)?;
+                self.monitor
+                    .record(
+                        &format!("client:{client_id}"),
+                        "reuse_detected",
+                        vec![format!("family:{family_id}")],
+                        "retired refresh token presented",
+                    )
+                    .map_err(OAuthError::server)?;
+                Err(OAuthError::InvalidGrant(
+                    "refresh token reused; the session is revoked",
+                ))
             }
             Rotation::Rotated {
                 family_id,
                 family,
                 refresh_token,
             } => {
-                if let Some(what) = self.session_rule(&family) {
-                    refresh.end(&family_id).map_err(server_error)?;
+                if let Some(kind) = self.session_rule(&family) {
+                    refresh.end(&family_id).map_err(OAuthError::server)?;
                     drop(refresh);
-                    self.metrics.count_revocation("family", "session_end");
-                    self.revoke_family_access(&family, what)
-                        .map_err(server_error)?;
-                    return Err(invalid("the session's subject or client is revoked"));
+                    self.monitor
+                        .metrics
+                        .count_revocation(RevocationKind::Family, RevocationSource::SessionEnd);
+                    self.revoke_family_access(&family, kind.name())
+                        .map_err(OAuthError::server)?;
+                    return Err(OAuthError::InvalidGrant(
+                        "the session's subject or client is revoked",
+                    ));
                 }
-                let scope_param = form.iter().find(|(n, _)| n == "scope").map(|(_, v)| v);
-                let scopes = match scope_param {
-                    // RFC 6749 section 6: a narrower scope may be asked for.
-                    Some(s) => {
-                        let asked: Vec<String> = s.split_whitespace().map(str::to_string).collect();
-                        if let Some(bad) = asked.iter().find(|a| !family.scopes.contains(a)) {
-                            return Err(OAuthError::new(
-                                400,
-                                "invalid_scope",
-                                format!("scope {bad} exceeds the session"),
-                            ));
-                        }
-                        asked
-                    }
-                    None => family.scopes.clone(),
-                };
                 let issued = self.issue_in_family(
                     &mut refresh,
                     &family_id,
@@ -317,24 +307,20 @@ impl Service {
         }
     }
 
-    /// A sub or client rule made after the session began.
-    fn session_rule(&self, f: &Family) -> Option<&'static str> {
-        let issuer = self.authority().issuer().to_string();
-        let inner = self.lock();
+    /// A sub or client rule (for every issuer, or this host's) made after the session began.
+    fn session_rule(&self, f: &Family) -> Option<RuleKind> {
+        let issuer = self.authority.issuer();
         [
             (RuleKind::Sub, f.sub.as_str()),
             (RuleKind::Client, f.client_id.as_str()),
         ]
         .into_iter()
-        .find(|(k, name)| {
-            [None, Some(issuer.as_str())].into_iter().any(|scope| {
-                inner
-                    .store
-                    .get(rule_hash(&self.key, *k, scope, name))
-                    .is_some_and(|r| r.revoked_at >= f.created_at)
-            })
+        .find(|(kind, name)| {
+            self.revocations
+                .rule(*kind, &issuer, name)
+                .is_some_and(|r| r.revoked_at >= f.created_at)
         })
-        .map(|(k, _)| k.name())
+        .map(|(kind, _)| kind)
     }
 
     /// Revokes every live access token of an ended family: all are recorded in the store
@@ -355,15 +341,17 @@ impl Service {
         client_id: &str,
         token: &str,
     ) -> anyhow::Result<bool> {
-        let family_id = match self.refresh().family_of(token) {
-            Some((id, f)) if f.client_id == client_id => id.to_string(),
+        let family_id = match self.sessions.owner(token) {
+            Some((id, owner)) if owner == client_id => id,
             Some(_) => return Ok(true),
             None => return Ok(false),
         };
-        if let Some(f) = self.refresh().end(&family_id)? {
+        if let Some(f) = self.sessions.end(&family_id)? {
             self.revoke_family_access(&f, "refresh token revoked (RFC 7009)")?;
-            self.metrics.count_revocation("family", "rfc7009");
-            self.record(
+            self.monitor
+                .metrics
+                .count_revocation(RevocationKind::Family, RevocationSource::Rfc7009);
+            self.monitor.record(
                 &format!("client:{client_id}"),
                 "revoke_session",
                 vec![format!("family:{family_id}")],
@@ -381,8 +369,8 @@ impl Service {
         why: &str,
     ) -> anyhow::Result<usize> {
         let ended = match kind {
-            RuleKind::Sub => self.refresh().end_where(|f| f.sub == name)?,
-            RuleKind::Client => self.refresh().end_where(|f| f.client_id == name)?,
+            RuleKind::Sub => self.sessions.end_where(|f| f.sub == name)?,
+            RuleKind::Client => self.sessions.end_where(|f| f.client_id == name)?,
             RuleKind::Jti | RuleKind::Kid => return Ok(0),
         };
         for f in &ended {

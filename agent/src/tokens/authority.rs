@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, bail};
@@ -117,7 +118,8 @@ pub struct Authority {
     path: PathBuf,
     settings: Settings,
     state: Persisted,
-    keys: KeySet,
+    /// The trusted keys; shared, so a signature check runs without the authority's lock.
+    keys: Arc<KeySet>,
     policy: Policy,
     /// Live tokens by `jti` (bounded).
     pub index: TokenIndex,
@@ -135,7 +137,7 @@ impl Authority {
             path,
             settings,
             state,
-            keys: KeySet::default(),
+            keys: Arc::new(KeySet::default()),
             policy: Policy::default(),
             index: TokenIndex::default(),
             remote: Vec::new(),
@@ -178,7 +180,7 @@ impl Authority {
                 }
             }
         }
-        self.keys = ks;
+        self.keys = Arc::new(ks);
         Ok(())
     }
 
@@ -429,6 +431,20 @@ impl Authority {
         extra: &Value,
         now: u64,
     ) -> anyhow::Result<Issued> {
+        let plan = self.plan_issue(client_id, sub, scopes, extra, now)?;
+        let signed = plan.sign()?;
+        Ok(self.record_issued(plan, signed, hash_of))
+    }
+
+    /// Everything an access token needs but its signature (taken under the lock).
+    pub fn plan_issue(
+        &self,
+        client_id: &str,
+        sub: &str,
+        scopes: &[String],
+        extra: &Value,
+        now: u64,
+    ) -> anyhow::Result<IssuePlan> {
         let key = self.active()?.clone();
         let jti = random_b64(16)?;
         let exp = now + self.settings.access_ttl;
@@ -442,31 +458,46 @@ impl Authority {
                 c.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        let token = jsonwebtoken::encode(
-            &key.alg.header(&key.kid),
-            &claims,
-            &key.alg.encoding_key(&signing::pkcs8(&key.pkcs8)?),
-        )?;
-        self.index.insert(
-            &jti,
-            Indexed {
-                hash: hash_of(&token),
-                iss: self.settings.issuer.clone(),
-                sub: sub.into(),
-                client_id: client_id.into(),
-                exp,
-                iat: now,
-                kid: key.kid.clone(),
-                header: hash_of(token.split('.').next().unwrap_or_default()),
-            },
-        );
-        Ok(Issued {
-            token,
+        Ok(IssuePlan {
+            key,
+            claims,
             jti,
             exp,
             scope,
-            kid: key.kid.clone(),
+            iat: now,
+            issuer: self.settings.issuer.clone(),
+            sub: sub.into(),
+            client_id: client_id.into(),
         })
+    }
+
+    /// Indexes a token signed from `plan` and returns it.
+    pub fn record_issued(
+        &mut self,
+        plan: IssuePlan,
+        token: String,
+        hash_of: impl Fn(&str) -> u64,
+    ) -> Issued {
+        self.index.insert(
+            &plan.jti,
+            Indexed {
+                hash: hash_of(&token),
+                iss: plan.issuer,
+                sub: plan.sub,
+                client_id: plan.client_id,
+                exp: plan.exp,
+                iat: plan.iat,
+                kid: plan.key.kid.clone(),
+                header: hash_of(token.split('.').next().unwrap_or_default()),
+            },
+        );
+        Issued {
+            token,
+            jti: plan.jti,
+            exp: plan.exp,
+            scope: plan.scope,
+            kid: plan.key.kid,
+        }
     }
 
     /// Validates a token against this authority's keys and indexes it on first sight.
@@ -474,10 +505,21 @@ impl Authority {
     pub fn validate(
         &mut self,
         token: &str,
-        (hash, header): (u64, u64),
+        hashes: (u64, u64),
         now: u64,
     ) -> Result<Verified, Rejection> {
         let v = validate(token, &self.keys, &self.policy, now)?;
+        self.index_verified(&v, hashes);
+        Ok(v)
+    }
+
+    /// The trusted keys and the validation policy, to verify without the lock.
+    pub fn verifier(&self) -> (Arc<KeySet>, Policy) {
+        (self.keys.clone(), self.policy.clone())
+    }
+
+    /// Indexes a verified token on first sight (its `jti`).
+    pub fn index_verified(&mut self, v: &Verified, (hash, header): (u64, u64)) {
         if let Some(jti) = v.claim_str("jti") {
             self.index.insert(
                 jti,
@@ -493,13 +535,39 @@ impl Authority {
                 },
             );
         }
-        Ok(v)
+    }
+}
+
+/// An access token ready to be signed: the key and the claims, taken under the authority's
+/// lock; the signature is made outside it.
+pub struct IssuePlan {
+    key: StoredKey,
+    claims: Value,
+    jti: String,
+    exp: u64,
+    scope: String,
+    iat: u64,
+    issuer: String,
+    sub: String,
+    client_id: String,
+}
+
+impl IssuePlan {
+    /// Signs the token (the slow part).
+    pub fn sign(&self) -> anyhow::Result<String> {
+        Ok(jsonwebtoken::encode(
+            &self.key.alg.header(&self.key.kid),
+            &self.claims,
+            &self.key.alg.encoding_key(&signing::pkcs8(&self.key.pkcs8)?),
+        )?)
     }
 }
 
 pub mod api_keys;
 mod external;
+mod shared;
 pub use external::{KeyAdded, KeyInfo};
+pub use shared::TokenAuthority;
 
 #[cfg(test)]
 mod tests;

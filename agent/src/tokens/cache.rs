@@ -5,7 +5,10 @@
 //! away (a JWKS refresh), the entries it verified are dropped ([`VerifiedCache::remove_kids`]);
 //! a verification that raced with that drop is not inserted (see [`VerifiedCache::generation`]).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use super::validate::Verified;
 
@@ -115,6 +118,68 @@ impl VerifiedCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// The cache as a component of the daemon: its own lock, never held while another
+/// component's is.
+pub struct TokenCache {
+    inner: Mutex<VerifiedCache>,
+}
+
+impl TokenCache {
+    /// Owns `cache` from now on.
+    pub fn new(cache: VerifiedCache) -> Self {
+        Self {
+            inner: Mutex::new(cache),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VerifiedCache> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached verification of `hash` and the current generation (see
+    /// [`VerifiedCache::generation`]).
+    pub fn get(&self, hash: u64, now: u64) -> (Option<Arc<Verified>>, u64) {
+        let mut c = self.lock();
+        (c.get(hash, now), c.generation())
+    }
+
+    /// [`get`](Self::get) only if nobody holds the lock (for answers that must not wait):
+    /// `None` when busy.
+    pub fn try_get(&self, hash: u64, now: u64) -> Option<Option<Arc<Verified>>> {
+        Some(self.inner.try_lock().ok()?.get(hash, now))
+    }
+
+    /// See [`VerifiedCache::insert_unless_dropped`].
+    pub fn insert_unless_dropped(&self, hash: u64, v: Arc<Verified>, now: u64, generation: u64) {
+        self.lock().insert_unless_dropped(hash, v, now, generation);
+    }
+
+    /// See [`VerifiedCache::remove`].
+    pub fn remove(&self, hash: u64) {
+        self.lock().remove(hash);
+    }
+
+    /// See [`VerifiedCache::remove_kids`].
+    pub fn remove_kids<'a>(&self, kids: impl IntoIterator<Item = &'a str>) -> usize {
+        self.lock().remove_kids(kids)
+    }
+
+    /// See [`VerifiedCache::clear`].
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Cached tokens.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

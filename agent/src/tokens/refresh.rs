@@ -286,5 +286,64 @@ impl RefreshStore {
     }
 }
 
+/// The refresh-token families as a component of the daemon. A renewal holds its lock from
+/// the rotation to the recording of the new access token ([`Sessions::transaction`]), so two
+/// parallel refreshes of one token are one rotation and one reuse.
+pub struct Sessions {
+    inner: std::sync::Mutex<RefreshStore>,
+}
+
+impl Sessions {
+    /// Owns `store` from now on.
+    pub fn new(store: RefreshStore) -> Self {
+        Self {
+            inner: std::sync::Mutex::new(store),
+        }
+    }
+
+    /// The store, locked for one renewal or session change: nothing else changes it until
+    /// the guard drops.
+    pub fn transaction(&self) -> std::sync::MutexGuard<'_, RefreshStore> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends a family; returns it.
+    pub fn end(&self, family_id: &str) -> anyhow::Result<Option<Family>> {
+        self.transaction().end(family_id)
+    }
+
+    /// Ends every family matching `pred`; returns them.
+    pub fn end_where(&self, pred: impl Fn(&Family) -> bool) -> anyhow::Result<Vec<Family>> {
+        self.transaction().end_where(pred)
+    }
+
+    /// Drops families past their refresh lifetime; returns how many.
+    pub fn purge_expired(&self, now: u64) -> anyhow::Result<usize> {
+        self.transaction().purge_expired(now)
+    }
+
+    /// Replaces the extra claims of `sub`.
+    pub fn set_claims(&self, sub: &str, claims: Value) -> anyhow::Result<()> {
+        self.transaction().set_claims(sub, claims)
+    }
+
+    /// The family id and owning client of a refresh token (live or retired).
+    pub fn owner(&self, refresh_token: &str) -> Option<(String, String)> {
+        self.transaction()
+            .family_of(refresh_token)
+            .map(|(id, f)| (id.to_string(), f.client_id.clone()))
+    }
+
+    /// Live families.
+    pub fn len(&self) -> usize {
+        self.transaction().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests;

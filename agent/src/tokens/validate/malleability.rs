@@ -13,7 +13,7 @@ use ring::signature::{
 use serde_json::json;
 
 use super::*;
-use crate::{revocation::hash_key::TokenHashes, tokens::ring_provider};
+use crate::{tokens::ring_provider, types::TokenHashes};
 
 const NOW: u64 = 1_800_000_000;
 /// Order of the P-256 group (SEC 2, section 2.4.2).
