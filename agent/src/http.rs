@@ -332,3 +332,6 @@ async fn metrics(State(svc): Svc) -> Result<Response, OAuthError> {
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests;

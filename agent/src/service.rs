@@ -151,3 +151,9 @@ impl Service {
         )
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests;
