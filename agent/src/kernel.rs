@@ -523,6 +523,7 @@ pub fn remove_pins_if_unused(bpffs: &Path) -> anyhow::Result<()> {
 
 /// Fails early with a clear message when the process cannot use BPF.
 pub fn check_privileges() -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tokenwall run needs root (CAP_BPF and CAP_NET_ADMIN)");
     }

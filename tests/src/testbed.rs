@@ -76,6 +76,7 @@ impl Testbed {
     /// Creates the namespaces, the veth pair (MTU 3000 so a 1,500-byte token fits one segment,
     /// segmentation offloads off) and the addresses.
     pub fn new() -> anyhow::Result<Self> {
+        // SAFETY: geteuid(2) takes nothing and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             bail!("the integration tests need root (network namespaces, BPF)");
         }

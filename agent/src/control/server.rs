@@ -57,6 +57,7 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Accepts clients until the runtime stops.
 pub async fn serve<H: Handler>(listener: UnixListener, service: Arc<H>) {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
     let owner = unsafe { libc::geteuid() };
     loop {
         let (stream, _) = match listener.accept().await {

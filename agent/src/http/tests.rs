@@ -123,7 +123,11 @@ async fn the_token_endpoint_authenticates_clients_and_names_every_error() {
         id: "svc".into(),
         secret: "wrong-secret-0123456789".into(),
     };
-    let r = call(&t, form("/oauth2/token", &wrong, "grant_type=client_credentials")).await;
+    let r = call(
+        &t,
+        form("/oauth2/token", &wrong, "grant_type=client_credentials"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(challenge(&r).starts_with("Basic"));
     assert_eq!(json(r).await["error"], "invalid_client");
@@ -135,7 +139,11 @@ async fn the_token_endpoint_authenticates_clients_and_names_every_error() {
     )
     .await;
     assert_eq!(json(r).await["error"], "invalid_scope");
-    let r = call(&t, form("/oauth2/token", &c, "grant_type=client_credentials")).await;
+    let r = call(
+        &t,
+        form("/oauth2/token", &c, "grant_type=client_credentials"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
     let body = json(r).await;
@@ -148,11 +156,19 @@ async fn revocation_and_introspection_over_http() {
     let t = service();
     let c = t.client("svc", &[]);
     let token = t.token(&c);
-    let r = call(&t, form("/oauth2/introspect", &c, &format!("token={token}"))).await;
+    let r = call(
+        &t,
+        form("/oauth2/introspect", &c, &format!("token={token}")),
+    )
+    .await;
     assert_eq!(json(r).await["active"], true);
     let r = call(&t, form("/oauth2/revoke", &c, &format!("token={token}"))).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let r = call(&t, form("/oauth2/introspect", &c, &format!("token={token}"))).await;
+    let r = call(
+        &t,
+        form("/oauth2/introspect", &c, &format!("token={token}")),
+    )
+    .await;
     assert_eq!(json(r).await, serde_json::json!({ "active": false }));
     let r = call(
         &t,
@@ -160,7 +176,11 @@ async fn revocation_and_introspection_over_http() {
     )
     .await;
     assert!(challenge(&r).contains("revoked"));
-    let r = call(&t, form("/oauth2/revoke", &c, "token_type_hint=access_token")).await;
+    let r = call(
+        &t,
+        form("/oauth2/revoke", &c, "token_type_hint=access_token"),
+    )
+    .await;
     assert_eq!(json(r).await["error"], "invalid_request", "token missing");
 }
 

@@ -36,8 +36,8 @@ pub const ISSUER: &str = "https://tokenwall.test";
 pub struct TestService {
     /// The service.
     pub svc: Arc<Service>,
-    /// Its state directory (removed on drop).
-    pub dir: tempfile::TempDir,
+    /// Its state directory (removed on drop; kept alive as long as the service).
+    _dir: tempfile::TempDir,
 }
 
 /// A service whose kernel maps hold at most `capacity` entries each (`None`: unbounded).
@@ -85,7 +85,7 @@ pub fn service_with(capacity: Option<usize>, refresh_grace: u64) -> TestService 
     let key = HashKey::from_bytes(*b"unit-test-key-16");
     let svc = Arc::new(Service::new(key, settings, parts));
     svc.sync_kernel().unwrap();
-    TestService { svc, dir }
+    TestService { svc, _dir: dir }
 }
 
 /// A service with unbounded maps and no refresh grace.

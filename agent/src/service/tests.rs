@@ -53,7 +53,10 @@ fn a_rule_refuses_covered_tokens_and_learns_them_into_the_kernel() {
         .revoke_by(RuleKind::Jti, &jti, None, None, None)
         .unwrap();
     assert_eq!(reply.issuer, "any");
-    assert_eq!(reply.tokens_pushed, 1, "the indexed token is pushed at once");
+    assert_eq!(
+        reply.tokens_pushed, 1,
+        "the indexed token is pushed at once"
+    );
     assert!(t.svc.revocations.in_kernel(key_of(&t, &token)));
     // A client rule: a token of that client checked after it is refused and learned.
     let other = t.token(&c);
@@ -76,9 +79,18 @@ fn a_rule_for_another_issuer_covers_nothing_of_this_host() {
     let token = t.token(&c);
     let reply = t
         .svc
-        .revoke_by(RuleKind::Client, "svc", Some("https://partner.test"), None, None)
+        .revoke_by(
+            RuleKind::Client,
+            "svc",
+            Some("https://partner.test"),
+            None,
+            None,
+        )
         .unwrap();
-    assert_eq!((reply.issuer.as_str(), reply.tokens_pushed), ("https://partner.test", 0));
+    assert_eq!(
+        (reply.issuer.as_str(), reply.tokens_pushed),
+        ("https://partner.test", 0)
+    );
     assert!(t.svc.check_token(&token).is_ok());
     t.svc
         .revoke_by(RuleKind::Client, "svc", Some(ISSUER), None, None)
@@ -96,7 +108,13 @@ fn a_learned_drop_happens_on_first_sight_of_a_token_the_index_never_had() {
     t.svc.authority.prune(u64::MAX).unwrap();
     let reply = t
         .svc
-        .revoke_by(RuleKind::Jti, &jti, None, Some(crate::clock::now() + 600), None)
+        .revoke_by(
+            RuleKind::Jti,
+            &jti,
+            None,
+            Some(crate::clock::now() + 600),
+            None,
+        )
         .unwrap();
     assert_eq!(reply.tokens_pushed, 0);
     assert!(!t.svc.revocations.in_kernel(key_of(&t, &token)));
@@ -252,7 +270,10 @@ fn a_scope_beyond_the_session_is_refused_before_anything_rotates() {
         },
     );
     assert!(matches!(r, Err(OAuthError::InvalidScope(_))), "{r:?}");
-    assert!(refresh(&t, &c, &refresh1).is_ok(), "the token still rotates");
+    assert!(
+        refresh(&t, &c, &refresh1).is_ok(),
+        "the token still rotates"
+    );
 }
 
 #[test]
@@ -308,8 +329,13 @@ fn rfc7009_revokes_only_the_clients_own_tokens_and_a_refresh_token_ends_its_sess
     ));
     let c = login(&t);
     let (access, refresh_token) = session(&t, &c, "carol");
-    t.svc.revoke_rfc7009(auth(&c), form(&refresh_token)).unwrap();
-    assert!(t.svc.check_token(&access).is_err(), "the session's access token");
+    t.svc
+        .revoke_rfc7009(auth(&c), form(&refresh_token))
+        .unwrap();
+    assert!(
+        t.svc.check_token(&access).is_err(),
+        "the session's access token"
+    );
     assert!(refresh(&t, &c, &refresh_token).is_err());
 }
 
@@ -333,7 +359,8 @@ fn rfc7662_introspection_is_active_with_claims_only_for_a_valid_unrevoked_token(
     let i = t.svc.introspect_rfc7662(auth(&c), form(&token)).unwrap();
     assert!(!i.active && i.claims.is_empty());
     assert!(matches!(
-        t.svc.introspect_rfc7662(auth(&c), TokenParamForm::default()),
+        t.svc
+            .introspect_rfc7662(auth(&c), TokenParamForm::default()),
         Err(OAuthError::InvalidRequest(_))
     ));
 }
