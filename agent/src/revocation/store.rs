@@ -86,29 +86,6 @@ impl Revocation {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum Record {
-    Revoke(Revocation),
-    Unrevoke {
-        #[serde(with = "hex_u64")]
-        hash: u64,
-        reason: String,
-        at: u64,
-    },
-}
-
-pub(crate) mod hex_u64 {
-    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:016x}"))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let s = String::deserialize(d)?;
-        u64::from_str_radix(&s, 16).map_err(D::Error::custom)
-    }
-}
-
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -195,73 +172,6 @@ enum Health {
     /// file failed: `file` still names the replaced (unlinked) log and must not be written.
     /// Each later change retries the switch first.
     Switching(String),
-}
-
-/// A file operation of the store, named so that unit tests can make it fail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    /// Writing a record (fails with ENOSPC after writing half of it).
-    Write,
-    /// `fdatasync` after writing a record (EIO).
-    Sync,
-    /// Cutting a failed append back off the log (EIO).
-    Truncate,
-    /// Compaction's rename (EIO reported after the rename happened, as over a network).
-    Rename,
-    /// Syncing the directory after compaction's rename (EIO).
-    DirSync,
-    /// Opening the new log after compaction's rename (EIO).
-    Reopen,
-}
-
-/// Failures injected into the store's file operations; empty (and free) outside unit tests.
-#[derive(Debug, Default)]
-struct Faults {
-    /// Each planned operation fails this many more times.
-    #[cfg(test)]
-    planned: Vec<(Op, u32)>,
-}
-
-impl Faults {
-    /// Fails if a test planned a failure of `op`.
-    fn check(&mut self, op: Op) -> io::Result<()> {
-        #[cfg(test)]
-        if let Some(slot) = self.planned.iter_mut().find(|(o, n)| *o == op && *n > 0) {
-            slot.1 -= 1;
-            let errno = if op == Op::Write {
-                libc::ENOSPC
-            } else {
-                libc::EIO
-            };
-            return Err(io::Error::from_raw_os_error(errno));
-        }
-        let _ = op;
-        Ok(())
-    }
-
-    /// `write_all`; a planned `Write` failure writes half of `buf` first, as a full disk does.
-    fn write(&mut self, file: &mut File, buf: &[u8]) -> io::Result<()> {
-        if let Err(e) = self.check(Op::Write) {
-            file.write_all(&buf[..buf.len() / 2])?;
-            return Err(e);
-        }
-        file.write_all(buf)
-    }
-
-    /// `rename`; a planned `Rename` failure is reported after the rename happened.
-    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)?;
-        self.check(Op::Rename)
-    }
-}
-
-fn encode(rec: &Record) -> Vec<u8> {
-    let payload = serde_json::to_vec(rec).unwrap_or_default();
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
 }
 
 fn clip(reason: &str) -> String {
@@ -639,29 +549,12 @@ impl RevocationStore {
     }
 }
 
-/// Parses one record at the start of `b`: the record and its length, or why it is bad and where
-/// the bad record claims to end.
-fn parse_record(b: &[u8]) -> Result<(Record, usize), (String, usize)> {
-    if b.len() < 8 {
-        return Err(("short record header".into(), 8));
-    }
-    let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-    let crc = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    if len == 0 || len > MAX_PAYLOAD {
-        return Err((format!("impossible length {len}"), 8));
-    }
-    let end = 8 + len;
-    let Some(payload) = b.get(8..end) else {
-        return Err(("payload runs past the end of the file".into(), end));
-    };
-    if crc32fast::hash(payload) != crc {
-        return Err(("checksum mismatch".into(), end));
-    }
-    match serde_json::from_slice(payload) {
-        Ok(rec) => Ok((rec, end)),
-        Err(e) => Err((format!("unreadable record: {e}"), end)),
-    }
-}
+mod faults;
+mod record;
+
+use faults::{Faults, Op};
+pub(crate) use record::hex_u64;
+use record::{Record, encode, parse_record};
 
 #[cfg(test)]
 mod tests;
