@@ -148,6 +148,40 @@ impl Testbed {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Waits (at most 10 s) until `field` of `status` (`watchers`, `event_followers`) is at
+    /// least `n`: a streaming client has subscribed and will see what happens next.
+    pub fn wait_for_followers(&self, field: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self
+                .status()
+                .ok()
+                .and_then(|s| s[field].as_u64())
+                .unwrap_or(0);
+            if now >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{field} never reached {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (at most 10 s) until kernel counter `name` is at least `n`; returns it.
+    pub fn wait_for_counter(&self, name: &str, n: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.counter(name);
+            if now >= n {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kernel counter {name} stayed at {now}, below {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// One kernel counter from `status`.
     pub fn counter(&self, name: &str) -> u64 {
         self.status()

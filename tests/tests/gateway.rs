@@ -3,8 +3,6 @@
 //! nginx, see RFC 6750 challenges, revoke through RFC 7009 and by `jti`, and see the next request
 //! stopped in the kernel before nginx logs it. Needs root.
 
-use std::time::Duration;
-
 use tokenwall_tests::{
     Testbed,
     http::{Resp, curl, daemon_behind_gateway, forward_auth, gateway_get, gateway_get_with},
@@ -294,8 +292,7 @@ fn nginx_authorizes_through_tokenwall_and_a_revoked_token_stops_in_the_kernel() 
         challenge.contains("error=\"invalid_token\"") && challenge.contains("revoked"),
         "{r:?}"
     );
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(tb.counter("reset") >= 2);
+    tb.wait_for_counter("reset", 2);
 
     // The JWKS publishes the signing key the tokens name.
     let jwks = curl(

@@ -56,8 +56,20 @@ fn top_screen(tb: &Testbed) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    let screen = String::from_utf8(tmux(&["capture-pane", "-p", "-t", &session.0]).stdout).unwrap();
+    // Wait until top has drawn a refresh that shows the counters (its second frame has rates).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let screen = loop {
+        let screen =
+            String::from_utf8(tmux(&["capture-pane", "-p", "-t", &session.0]).stdout).unwrap();
+        if screen.contains("recent alerts") && screen.contains("checks bad_signature") {
+            break screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top never drew its view:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(screen.lines().count() <= 24 && screen.lines().all(|l| l.chars().count() <= 80));
     tmux(&["send-keys", "-t", &session.0, "q"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -88,7 +100,7 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    tb.wait_for_followers("watchers", 1);
 
     // Issue 3.
     let tokens: Vec<String> = (0..3)
@@ -156,7 +168,7 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
     for _ in 0..4 {
         tb.one_shot("192.0.2.2", PORT, &tokens[0]);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    tb.wait_for_counter("dropped", 4);
     assert!(nginx.never_saw("/dropped"));
 
     let r = metrics();
@@ -207,13 +219,41 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
         }
     }
     assert!(queried > 15, "the dashboard queries {queried} metrics");
-    // The same sequence, live: every event `watch` saw, by kind.
+    // The same sequence, live: every event `watch` saw, by kind, read until the last kernel
+    // hit has arrived.
     let mut watch = watch;
-    std::thread::sleep(Duration::from_millis(300));
+    let lines = {
+        use std::io::BufRead as _;
+        let out = std::io::BufReader::new(watch.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut lines: Vec<String> = Vec::new();
+        while lines
+            .iter()
+            .filter(|l| l.contains("\"kernel_hit\""))
+            .count()
+            < 4
+        {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => panic!("watch saw only {lines:?}"),
+            }
+        }
+        lines
+    };
     let _ = watch.kill();
-    let seen = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
-    let events: Vec<serde_json::Value> = seen
-        .lines()
+    let _ = watch.wait();
+    let seen = lines.join("\n");
+    let events: Vec<serde_json::Value> = lines
+        .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let count = |kind: &str| events.iter().filter(|e| e["kind"] == kind).count();

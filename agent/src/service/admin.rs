@@ -26,6 +26,7 @@ impl Service {
             (programs.counters()?, programs.attachments())
         };
         let counts = self.revocations.counts();
+        let (watchers, event_followers) = self.monitor.subscribers();
         Ok(StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             attachments: attachments
@@ -45,6 +46,8 @@ impl Service {
             kernel_entries: counts.kernel_tokens,
             kernel_overflow: counts.overflow,
             store_bytes: counts.log_bytes,
+            watchers,
+            event_followers,
             state_dir: self.settings.state_dir.display().to_string(),
             bpffs: self.settings.bpffs.display().to_string(),
         })

@@ -87,6 +87,12 @@ pub struct StatusReply {
     pub kernel_overflow: usize,
     /// Size of the revocation log in bytes.
     pub store_bytes: u64,
+    /// Clients following `tokenwall watch` now.
+    #[serde(default)]
+    pub watchers: usize,
+    /// Clients following `tokenwall events` now.
+    #[serde(default)]
+    pub event_followers: usize,
     /// State directory.
     pub state_dir: String,
     /// bpffs pin directory.
