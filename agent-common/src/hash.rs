@@ -178,7 +178,11 @@ mod tests {
         assert_eq!(revocation_key_len(b"ewogImFsZyI.e30.sig.extra"), 15);
         assert_eq!(revocation_key_len(b"eyJh..sig"), 5, "an empty payload");
         assert_eq!(revocation_key_len(b"eyJhbGci.only-one-dot"), 21);
-        assert_eq!(revocation_key_len(b"sk.live.secret"), 14, "opaque tokens stay whole");
+        assert_eq!(
+            revocation_key_len(b"sk.live.secret"),
+            14,
+            "opaque tokens stay whole"
+        );
         assert_eq!(revocation_key_len(b"e.x.y"), 5);
         assert_eq!(revocation_key_len(b""), 0);
         let key = HashKey::from_bytes([9; 16]);

@@ -13,7 +13,7 @@ use std::{
 
 use agent_common::{
     config::{Action, Config, HeaderNeedle, NEEDLE_BEARER},
-    hash::{HashKey, token_hash},
+    hash::{HashKey, revocation_hash},
     program_names,
     revoked::RevokedEntry,
 };
@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     k.set_config(&cfg)?;
     let (good, bad) = (jwt_like(1), jwt_like(2));
     k.insert(
-        token_hash(&cfg.key, bad.as_bytes()),
+        revocation_hash(&cfg.key, bad.as_bytes()),
         RevokedEntry::default(),
     )?;
     let seg = Segment::v4(PORT);

@@ -5,9 +5,12 @@
 pub mod client;
 pub mod daemon;
 pub mod http;
+pub mod jws;
 pub mod legs;
+pub mod model;
 pub mod nginx;
 pub mod packet;
+pub mod progs;
 pub mod testbed;
 
 pub use client::{CurlResult, Req};
