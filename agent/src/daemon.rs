@@ -322,6 +322,7 @@ pub fn event_line(ev: &HitEvent) -> EventLine {
         iface: iface_name(ev.ifindex),
         source: addr(&ev.saddr, ev.sport),
         destination: addr(&ev.daddr, ev.dport),
+        socket: crate::api::socket_name(ev.socket).to_string(),
     }
 }
 
@@ -355,10 +356,14 @@ async fn forward_events(ring: RingBuf<MapData>, service: Arc<Service>) {
             let mut ev = LifecycleEvent::now(
                 EventKind::KernelHit,
                 Some(line.fingerprint.clone()),
-                format!("{} on {} ({})", line.action, line.iface, line.matched),
+                format!(
+                    "{} on {} ({}, socket: {})",
+                    line.action, line.iface, line.matched, line.socket
+                ),
             );
             ev.time = line.time.clone();
             ev.source = Some(line.source.clone());
+            ev.socket = Some(line.socket.clone());
             service.emit(ev);
             let _ = service.events.send(line);
         }
