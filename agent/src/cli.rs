@@ -362,12 +362,22 @@ pub struct RunArgs {
     /// control socket only).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Entries of the kernel's revoked-token map; a pinned map of another size is replaced
+    /// (filled from the store before the programs are swapped) [default: 1048576].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_revoked: Option<u32>,
 }
 
 impl RunArgs {
     /// The HTTP API address.
     pub fn http(&self) -> std::net::SocketAddr {
         self.http.unwrap_or(([127, 0, 0, 1], 7070).into())
+    }
+
+    /// Entries of the kernel's revoked-token map.
+    pub fn max_revoked(&self) -> u32 {
+        self.max_revoked
+            .unwrap_or(agent_common::REVOKED_MAX_ENTRIES)
     }
 }
 

@@ -46,6 +46,8 @@ pub struct ConfigFile {
     pub version_claim: Option<String>,
     /// `--monitoring`.
     pub monitoring: Option<crate::cli::OnOff>,
+    /// `--max-revoked`.
+    pub max_revoked: Option<u32>,
     /// `--alert-webhook`.
     pub alert_webhook: Option<String>,
     /// `--alert-queue`.
@@ -149,6 +151,7 @@ impl ConfigFile {
             signing_alg,
             version_claim,
             monitoring,
+            max_revoked,
             alert_webhook,
             alert_queue,
             alert_replay_sources,
@@ -246,5 +249,24 @@ mod tests {
         assert_eq!(args.audience.as_deref(), Some("cli"));
         assert_eq!(args.access_ttl, Some(60));
         assert_eq!(file.clients[0].scopes, ["a"]);
+    }
+
+    #[test]
+    fn max_revoked_comes_from_the_flag_the_file_or_the_default() {
+        let run = |argv: &[&str]| match crate::cli::parse(argv.iter().copied()).unwrap().command {
+            crate::cli::Command::Run(a) => *a,
+            _ => unreachable!(),
+        };
+        let file: ConfigFile = toml::from_str("max_revoked = 5000").unwrap();
+        let mut args = run(&["tokenwall", "run", "--iface", "eth0"]);
+        assert_eq!(args.max_revoked(), agent_common::REVOKED_MAX_ENTRIES);
+        file.fill(&mut args);
+        assert_eq!(args.max_revoked(), 5000);
+        let mut args = run(&["tokenwall", "run", "--iface", "eth0", "--max-revoked", "70"]);
+        file.fill(&mut args);
+        assert_eq!(args.max_revoked(), 70);
+        assert!(
+            crate::cli::parse(["tokenwall", "run", "--iface", "e", "--max-revoked", "0"]).is_err()
+        );
     }
 }

@@ -116,7 +116,14 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         report.live,
         report.expired_dropped
     );
-    let mut kernel = Kernel::load(&args.bpffs, log::max_level())?;
+    let mut kernel = Kernel::load_with(
+        &args.bpffs,
+        log::max_level(),
+        kernel::LoadOptions {
+            max_revoked: args.max_revoked(),
+        },
+    )?;
+    let replaced = kernel.replaced_maps().to_vec();
     kernel.set_config(&cfg)?;
     let events = kernel.take_events()?;
     let listener = control::bind(&args.control_socket).await?;
@@ -192,6 +199,15 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let service = Arc::new(Service::new(key, settings, parts));
     let (inserted, removed) = service.sync_kernel()?;
     log::info!("kernel map in step with the store: {inserted} entries, {removed} stale removed");
+    for r in &replaced {
+        // The new map is full before the attach below swaps the programs in their links.
+        log::warn!(
+            "kernel map {} replaced ({} -> {} entries) and filled from the store before the programs were swapped",
+            r.name,
+            r.old_max_entries,
+            r.new_max_entries
+        );
+    }
     if let Some(path) = &args.config {
         service.record(
             "system",

@@ -5,17 +5,24 @@
 //! `maps/REVOKED`, `maps/CONFIG`, `maps/COUNTERS`, `maps/EVENTS` and `links/<hook>@<iface>`.
 //! Maps and links outlive the daemon: a restart reuses them, and a new program replaces the old
 //! one inside the existing link atomically (`bpf_link_update`), so enforcement never stops.
+//!
+//! A pinned map whose definition differs from what the programs expect (another
+//! `--max-revoked`, or a layout change in an upgrade) is not reused: its pin is removed and a
+//! new map created and pinned. The old programs keep the old map until the daemon has filled
+//! the new one from the store and swapped the programs in their links, so there is no gap.
 
 use std::{
     fs,
     path::{Path, PathBuf},
 };
 
-use agent_common::{config::Config, map_names, program_names, revoked::RevokedEntry};
+use agent_common::{
+    REVOKED_MAX_ENTRIES, config::Config, map_names, program_names, revoked::RevokedEntry,
+};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -74,6 +81,71 @@ pub struct TestRunOutput {
     pub packet: Vec<u8>,
 }
 
+/// How the programs are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Entries of the revoked-token map (`--max-revoked`).
+    pub max_revoked: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_revoked: REVOKED_MAX_ENTRIES,
+        }
+    }
+}
+
+/// An update of a revoked map that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The map holds as many entries as it was created for (`E2BIG` / `ENOSPC`).
+    #[error("the kernel's {map} map is full ({max_entries} entries; see --max-revoked)")]
+    MapFull {
+        /// Map name.
+        map: &'static str,
+        /// Its size.
+        max_entries: u32,
+    },
+    /// Any other failure.
+    #[error("updating the kernel's {map} map")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: MapError,
+    },
+}
+
+impl KernelError {
+    /// Whether the map was full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, KernelError::MapFull { .. })
+    }
+
+    fn of(map: &'static str, max_entries: u32, source: MapError) -> Self {
+        let full = matches!(&source, MapError::SyscallError(e)
+            if matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)));
+        if full {
+            KernelError::MapFull { map, max_entries }
+        } else {
+            KernelError::Map { map, source }
+        }
+    }
+}
+
+/// A pinned map that was replaced because its definition differed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplacedMap {
+    /// Map name.
+    pub name: String,
+    /// Entries of the old map.
+    pub old_max_entries: u32,
+    /// Entries of the new one.
+    pub new_max_entries: u32,
+}
+
 /// The loaded programs and their maps.
 pub struct Kernel {
     ebpf: Ebpf,
@@ -85,6 +157,10 @@ pub struct Kernel {
     iface_slots: Array<MapData, u32>,
     /// Links this process holds (dropping one closes our fd; the pin keeps it attached).
     links: Vec<(Attachment, FdLink)>,
+    /// Entries of the revoked-token map.
+    max_revoked: u32,
+    /// Pinned maps replaced at load.
+    replaced: Vec<ReplacedMap>,
 }
 
 /// Pin path of a link: `links/<hook>@<iface>`. bpffs refuses names containing `.`, which
@@ -95,9 +171,68 @@ fn link_pin(bpffs: &Path, iface: &str, hook: Hook) -> PathBuf {
         .join(format!("{}@{}", hook.name(), iface.replace('.', "%2E")))
 }
 
+/// Removes the pins of maps under `maps_dir` whose type, key, value or size differ from the
+/// object's definitions (with `max_revoked` for `REVOKED`), so the loader creates new ones.
+fn replace_mismatched_pins(maps_dir: &Path, max_revoked: u32) -> anyhow::Result<Vec<ReplacedMap>> {
+    let obj = aya_obj::Object::parse(OBJECT).context("parsing the eBPF object")?;
+    let mut replaced = Vec::new();
+    for (name, def) in &obj.maps {
+        let pin = maps_dir.join(name);
+        if def.pinning() != aya_obj::maps::PinningType::ByName || !pin.exists() {
+            continue;
+        }
+        let want = if name == map_names::REVOKED {
+            max_revoked
+        } else {
+            def.max_entries()
+        };
+        let info = MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading the pinned map {}", pin.display()))?;
+        let same = info.map_type().map(|t| t as u32).ok() == Some(def.map_type())
+            && info.key_size() == def.key_size()
+            && info.value_size() == def.value_size()
+            && info.max_entries() == want;
+        if same {
+            continue;
+        }
+        fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        log::warn!(
+            "pinned map {name} ({} entries, key {} B, value {} B) does not match the programs \
+             ({want} entries, key {} B, value {} B): replaced by a new map; the running \
+             programs keep the old one until the new one is filled and they are swapped",
+            info.max_entries(),
+            info.key_size(),
+            info.value_size(),
+            def.key_size(),
+            def.value_size(),
+        );
+        replaced.push(ReplacedMap {
+            name: name.clone(),
+            old_max_entries: info.max_entries(),
+            new_max_entries: want,
+        });
+    }
+    replaced.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(replaced)
+}
+
 impl Kernel {
-    /// Loads the programs, creating or reusing the pinned maps under `bpffs`.
+    /// Loads the programs, creating or reusing the pinned maps under `bpffs` (the revoked map
+    /// with its default size).
     pub fn load(bpffs: &Path, kernel_log_level: log::LevelFilter) -> anyhow::Result<Self> {
+        Self::load_with(bpffs, kernel_log_level, LoadOptions::default())
+    }
+
+    /// Loads the programs with `opts`, creating or reusing the pinned maps under `bpffs`; a
+    /// pinned map of another definition is replaced ([`Kernel::replaced_maps`]).
+    pub fn load_with(
+        bpffs: &Path,
+        kernel_log_level: log::LevelFilter,
+        opts: LoadOptions,
+    ) -> anyhow::Result<Self> {
+        if opts.max_revoked == 0 {
+            bail!("the revoked-token map needs at least one entry");
+        }
         let maps_dir = bpffs.join("maps");
         fs::create_dir_all(&maps_dir)
             .and_then(|()| fs::create_dir_all(bpffs.join("links")))
@@ -107,9 +242,11 @@ impl Kernel {
                     bpffs.display()
                 )
             })?;
+        let replaced = replace_mismatched_pins(&maps_dir, opts.max_revoked)?;
         let level = kernel_log_level as u8;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(map_names::REVOKED, opts.max_revoked)
             .override_global(aya_log::LEVEL, &level, false)
             .load(OBJECT)
             .context("loading the eBPF object (are you root, with bpffs mounted?)")?;
@@ -150,7 +287,19 @@ impl Kernel {
             counters,
             iface_slots,
             links: Vec::new(),
+            max_revoked: opts.max_revoked,
+            replaced,
         })
+    }
+
+    /// Pinned maps this load replaced because their definition differed.
+    pub fn replaced_maps(&self) -> &[ReplacedMap] {
+        &self.replaced
+    }
+
+    /// Entries of the revoked-token map.
+    pub fn max_revoked(&self) -> u32 {
+        self.max_revoked
     }
 
     /// Takes the hit-event ring buffer (call once).
@@ -182,11 +331,11 @@ impl Kernel {
         self.revoked_headers.keys().filter_map(Result::ok).collect()
     }
 
-    /// Inserts or replaces a revoked entry.
-    pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
+    /// Inserts or replaces a revoked entry; [`KernelError::MapFull`] when the map is full.
+    pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> Result<(), KernelError> {
         self.revoked
             .insert(hash, entry, 0)
-            .context("updating the revoked-token map (full?)")
+            .map_err(|e| KernelError::of(map_names::REVOKED, self.max_revoked, e))
     }
 
     /// Removes a revoked entry; absent entries are fine.
@@ -194,11 +343,16 @@ impl Kernel {
         remove_key(&mut self.revoked, hash)
     }
 
-    /// Inserts or replaces a revoked JWS header segment (every token of one signing key).
-    pub fn insert_header(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
-        self.revoked_headers
-            .insert(hash, entry, 0)
-            .context("updating the revoked-header map (full?)")
+    /// Inserts or replaces a revoked JWS header segment (every token of one signing key);
+    /// [`KernelError::MapFull`] when the map is full.
+    pub fn insert_header(&mut self, hash: u64, entry: RevokedEntry) -> Result<(), KernelError> {
+        self.revoked_headers.insert(hash, entry, 0).map_err(|e| {
+            KernelError::of(
+                map_names::REVOKED_HEADERS,
+                agent_common::REVOKED_HEADERS_MAX_ENTRIES,
+                e,
+            )
+        })
     }
 
     /// Removes a revoked header segment; absent entries are fine.

@@ -578,7 +578,7 @@ impl Service {
 /// rules stay in userspace.
 pub(crate) fn apply(inner: &mut Inner, r: &Revocation) -> anyhow::Result<()> {
     match r.scope {
-        Scope::Token => inner.kernel.insert(r.hash, kernel_entry(r)),
+        Scope::Token => Ok(inner.kernel.insert(r.hash, kernel_entry(r))?),
         Scope::SigningKey => {
             inner.kernel.insert_header(r.hash, kernel_entry(r))?;
             let headers = header_count(&inner.store);
