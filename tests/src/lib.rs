@@ -12,6 +12,8 @@ pub mod nginx;
 pub mod packet;
 pub mod progs;
 pub mod testbed;
+pub mod wire;
+pub mod xdp_pass;
 
 pub use client::{CurlResult, Req};
 pub use daemon::{Daemon, tokenwall_bin};
