@@ -249,6 +249,8 @@ impl Config {
 
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: Config is repr(C), Copy, made only of integers with no padding holes, so any
+    // bytes are a valid value and aya may copy it to and from the kernel as plain data.
     unsafe impl aya::Pod for super::Config {}
 }
 

@@ -69,5 +69,7 @@ pub const HIT_PASSED_TO_STACK: u32 = 4;
 
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: HitEvent is repr(C), Copy, made only of integers with no padding holes, so any
+    // bytes are a valid value and aya may copy it to and from the kernel as plain data.
     unsafe impl aya::Pod for super::HitEvent {}
 }

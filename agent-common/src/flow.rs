@@ -48,9 +48,3 @@ pub const fn hint_slot(key: &FlowKey) -> u32 {
     let h = ((((s as u64) << 32) | d as u64) ^ ports).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (h >> 48) as u32 & (FLOW_HINT_SLOTS - 1)
 }
-
-#[cfg(feature = "user")]
-mod user {
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowEntry {}
-}

@@ -39,5 +39,7 @@ impl RevokedEntry {
 
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: RevokedEntry is repr(C), Copy, made only of integers with no padding holes, so any
+    // bytes are a valid value and aya may copy it to and from the kernel as plain data.
     unsafe impl aya::Pod for super::RevokedEntry {}
 }

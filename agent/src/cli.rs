@@ -2,16 +2,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::kernel::Hook;
-
-/// Default control socket.
-pub const DEFAULT_SOCKET: &str = "/run/tokenwall/control.sock";
-/// Default state directory.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/tokenwall";
-/// Default bpffs pin directory.
-pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/tokenwall";
+pub use crate::daemon::{
+    RunArgs,
+    settings::{ActionArg, DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE_DIR, OnOff},
+};
 
 /// eBPF-accelerated enforcement of revoked bearer tokens.
 #[derive(Debug, Parser)]
@@ -76,7 +72,7 @@ pub enum Command {
 pub struct WatchArgs {
     /// Only these kinds (repeatable).
     #[arg(long = "kind", value_enum, value_name = "KIND")]
-    pub kinds: Vec<crate::lifecycle::EventKind>,
+    pub kinds: Vec<crate::monitoring::lifecycle::EventKind>,
     /// Client options.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -246,27 +242,6 @@ pub enum ClientsCommand {
     },
 }
 
-/// A switch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnOff {
-    /// On.
-    On,
-    /// Off.
-    Off,
-}
-
-/// What the kernel does with a revoked token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ActionArg {
-    /// Drop the request segment (the client hangs until it times out).
-    Drop,
-    /// Turn the request into a TCP reset toward the gateway; the client gets a reset.
-    Reset,
-    /// Count and report only.
-    Observe,
-}
-
 /// Options of every client command.
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
@@ -278,110 +253,7 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-/// `tokenwall run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Interface to enforce on (repeatable).
-    #[arg(long = "iface", value_name = "IF", required = true)]
-    pub ifaces: Vec<String>,
-    /// Hook: native XDP, generic XDP, or TC ingress.
-    #[arg(long, value_enum, default_value = "xdp")]
-    pub hook: Hook,
-    /// TCP destination port to inspect (repeatable, at most 16).
-    #[arg(long = "port", value_name = "N", default_values_t = [80u16], value_parser = clap::value_parser!(u16).range(1..))]
-    pub ports: Vec<u16>,
-    /// Action on a revoked token.
-    #[arg(long, value_enum, default_value = "reset")]
-    pub action: ActionArg,
-    /// Durable state: hash key and revocation log.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// Control socket to serve.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub control_socket: PathBuf,
-    /// bpffs directory for pinned maps and links.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
-    pub bpffs: PathBuf,
-    /// Header carrying API keys (matched like the bearer token, without a scheme).
-    #[arg(long, value_name = "NAME")]
-    pub api_key_header: Option<String>,
-    /// Settings, clients, trusted keys and API keys in TOML (flags given here win).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address of the HTTP API (forward-auth, OAuth endpoints, JWKS) [default: 127.0.0.1:7070].
-    #[arg(long, value_name = "ADDR")]
-    pub http: Option<std::net::SocketAddr>,
-    /// `iss` of the tokens this host issues [default: http://<--http>].
-    #[arg(long, value_name = "URL")]
-    pub issuer: Option<String>,
-    /// `aud` of the tokens this host issues (and requires) [default: api].
-    #[arg(long, value_name = "AUD")]
-    pub audience: Option<String>,
-    /// Lifetime of issued access tokens, in seconds [default: 900].
-    #[arg(long, value_name = "SECONDS")]
-    pub access_ttl: Option<u64>,
-    /// Lifetime of a session's refresh-token family, in seconds [default: 2592000, 30 days].
-    #[arg(long, value_name = "SECONDS")]
-    pub refresh_ttl: Option<u64>,
-    /// Seconds a just-retired refresh token still rotates (a lost response) [default: 0].
-    #[arg(long, value_name = "SECONDS")]
-    pub refresh_grace: Option<u64>,
-    /// Least seconds between two fetches of one JWKS URL, for unknown-kid refetches [default: 30].
-    #[arg(long, value_name = "SECONDS")]
-    pub jwks_min_refetch: Option<u64>,
-    /// Algorithm of this host's signing keys; a change rotates to a new key at start
-    /// [default: ES256].
-    #[arg(long, value_enum, value_name = "ALG")]
-    pub signing_alg: Option<crate::tokens::signing::SigningAlg>,
-    /// Monitoring (kernel counters and hit events, metrics, events, timelines, alerts); the
-    /// audit trail is always on [default: on].
-    #[arg(long, value_enum, value_name = "on|off")]
-    pub monitoring: Option<OnOff>,
-    /// Claim carrying a token's deployment version, used as the `version` metrics label.
-    #[arg(long, value_name = "CLAIM")]
-    pub version_claim: Option<String>,
-    /// Where to POST alerts (JSON); none: log, event stream and metric only.
-    #[arg(long, value_name = "URL")]
-    pub alert_webhook: Option<String>,
-    /// Alerts queued for the webhook before new ones are dropped [default: 256].
-    #[arg(long, value_name = "N")]
-    pub alert_queue: Option<usize>,
-    /// Alert when a revoked token is replayed from more than N addresses [default: 3].
-    #[arg(long, value_name = "N")]
-    pub alert_replay_sources: Option<usize>,
-    /// Alert when one token has more kernel hits than this per minute [default: 600].
-    #[arg(long, value_name = "N")]
-    pub alert_hits_per_minute: Option<u64>,
-    /// Alert on more bad-signature/unknown-key rejections per minute than this [default: 100].
-    #[arg(long, value_name = "N")]
-    pub alert_key_rejections_per_minute: Option<u64>,
-    /// …or on a larger share of the minute's checks than this [default: 0.5].
-    #[arg(long, value_name = "RATIO")]
-    pub alert_key_rejection_ratio: Option<f64>,
-    /// File holding the admin bearer credential for `POST /v1/admin` (none: admin over the
-    /// control socket only).
-    #[arg(long, value_name = "FILE")]
-    pub admin_token_file: Option<PathBuf>,
-    /// Entries of the kernel's revoked-token map; a pinned map of another size is replaced
-    /// (filled from the store before the programs are swapped) [default: 1048576].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_revoked: Option<u32>,
-}
-
-impl RunArgs {
-    /// The HTTP API address.
-    pub fn http(&self) -> std::net::SocketAddr {
-        self.http.unwrap_or(([127, 0, 0, 1], 7070).into())
-    }
-
-    /// Entries of the kernel's revoked-token map.
-    pub fn max_revoked(&self) -> u32 {
-        self.max_revoked
-            .unwrap_or(agent_common::REVOKED_MAX_ENTRIES)
-    }
-}
-
-/// Which token: exactly one of the three.
+/// Which token: exactly one of the forms.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct TokenArgs {
@@ -410,8 +282,8 @@ pub struct TokenArgs {
 
 impl TokenArgs {
     /// The rule named, if revoking by jti, sub, client or kid.
-    pub fn rule(&self) -> Option<(crate::rules::RuleKind, &str)> {
-        use crate::rules::RuleKind as K;
+    pub fn rule(&self) -> Option<(crate::types::RuleKind, &str)> {
+        use crate::types::RuleKind as K;
         [
             (K::Jti, &self.jti),
             (K::Sub, &self.sub),
@@ -439,6 +311,10 @@ pub struct RevokeArgs {
     /// The token is an API key.
     #[arg(long)]
     pub api_key: bool,
+    /// With --jti, --sub, --client or --kid: only tokens of this issuer (`iss`). Default:
+    /// tokens of every trusted issuer.
+    #[arg(long, value_name = "ISS")]
+    pub issuer: Option<String>,
     /// Client options.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -525,6 +401,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::Hook;
 
     fn err(args: &[&str]) -> (i32, String) {
         let mut v = vec!["tokenwall"];
@@ -565,19 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn run_defaults() {
-        let cli = parse(["tokenwall", "run", "--iface", "eth0"]).unwrap();
-        let Command::Run(r) = cli.command else {
-            panic!("not run")
-        };
-        assert_eq!(r.hook, Hook::Xdp);
-        assert_eq!(r.ports, vec![80]);
-        assert_eq!(r.action, ActionArg::Reset);
-        assert_eq!(r.control_socket, PathBuf::from(DEFAULT_SOCKET));
-    }
-
-    #[test]
-    fn repeated_options_collect() {
+    fn run_flags_reach_the_settings_and_repeat() {
         let cli = parse([
             "tokenwall",
             "run",
@@ -596,8 +461,27 @@ mod tests {
         let Command::Run(r) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(r.ifaces, vec!["a", "b"]);
-        assert_eq!(r.ports, vec![8080, 8443]);
-        assert_eq!(r.hook, Hook::Tc);
+        let s = r.settings.resolve().unwrap();
+        assert_eq!(s.ifaces, ["a", "b"]);
+        assert_eq!(s.ports, [8080, 8443]);
+        assert_eq!(s.hook, Hook::Tc);
+        assert_eq!(s.control_socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn a_config_file_may_name_the_interfaces() {
+        assert!(
+            parse([
+                "tokenwall",
+                "run",
+                "--config",
+                "/etc/tokenwall/tokenwall.toml"
+            ])
+            .is_ok()
+        );
     }
 }
+
+pub mod admin;
+pub mod commands;
+pub mod top;

@@ -1,24 +1,33 @@
-//! The HTTP API (axum): forward-auth for gateways, OAuth 2.0 token, revocation (RFC 7009) and
-//! introspection (RFC 7662) endpoints, and the JWKS.
+//! The HTTP API (axum): forward-auth for gateways, the OAuth 2.0 token, revocation (RFC 7009)
+//! and introspection (RFC 7662) endpoints, sessions, the JWKS, the admin endpoint and metrics.
+//! Bodies are parsed into typed structs; a body that does not parse is answered with an OAuth
+//! `invalid_request`, like every other OAuth error ([`OAuthError`] is the response).
+
+mod server;
 
 use std::sync::Arc;
 
 use axum::{
-    Form, Json, Router,
-    extract::{Path, State},
+    Json, Router,
+    extract::{FromRequest, Path, Request, State, rejection::FormRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{any, get, post, put},
 };
 use base64::Engine as _;
+use serde::de::DeserializeOwned;
+
+pub use server::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits, LimitsError, Server,
+};
 
 use crate::{
-    oauth::{AuthDecision, ClientAuth, OAuthError},
+    control::{protocol::Request as ControlRequest, server::Handler},
+    oauth::{AuthDecision, ClientAuth, NewSession, OAuthError, TokenForm, TokenParamForm},
     service::Service,
 };
 
 type Svc = State<Arc<Service>>;
-type FormPairs = Form<Vec<(String, String)>>;
 
 /// The routes.
 pub fn router(svc: Arc<Service>) -> Router {
@@ -31,19 +40,59 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/introspect", post(introspect))
         .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{sub}/claims", put(session_claims))
         .route("/v1/admin", post(admin))
         .route("/metrics", get(metrics))
-        .route("/v1/sessions/{sub}/claims", put(session_claims))
         .with_state(svc)
 }
 
-/// Serves the API on a bound listener until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>) {
+/// Serves the API on a bound listener with `limits` until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>, limits: Limits) {
     if let Ok(addr) = listener.local_addr() {
-        log::info!("HTTP API on http://{addr}");
+        log::info!(
+            "HTTP API on http://{addr} (header-read timeout {:?}, at most {} connections)",
+            limits.header_read_timeout(),
+            limits.max_connections()
+        );
     }
-    if let Err(e) = axum::serve(listener, router(svc)).await {
-        log::error!("HTTP API stopped: {e}");
+    Server::new(limits).run(listener, router(svc)).await;
+}
+
+/// Runs `f` on the service on a blocking thread (it may fsync or verify a signature).
+async fn blocking<T: Send + 'static>(
+    svc: Arc<Service>,
+    f: impl FnOnce(&Service) -> Result<T, OAuthError> + Send + 'static,
+) -> Result<T, OAuthError> {
+    tokio::task::spawn_blocking(move || f(&svc))
+        .await
+        .map_err(|e| OAuthError::ServerError(format!("request task: {e}")))?
+}
+
+/// An `application/x-www-form-urlencoded` body; one that does not parse is `invalid_request`.
+struct OAuthForm<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthForm<T> {
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, OAuthError> {
+        axum::Form::<T>::from_request(req, state)
+            .await
+            .map(|axum::Form(v)| OAuthForm(v))
+            .map_err(|e: FormRejection| OAuthError::InvalidRequest(e.body_text()))
+    }
+}
+
+/// A JSON body; one that does not parse is `invalid_request`.
+struct OAuthJson<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthJson<T> {
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, OAuthError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| OAuthJson(v))
+            .map_err(|e| OAuthError::InvalidRequest(e.body_text()))
     }
 }
 
@@ -62,83 +111,65 @@ fn challenge(error: Option<&str>, description: &str) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer"))
 }
 
-async fn forward_auth(State(svc): Svc, headers: HeaderMap) -> Response {
-    let authz = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let api_key = svc
-        .settings()
-        .api_key_header
-        .as_deref()
-        .and_then(|name| headers.get(name))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    // Revoked and cached tokens are answered here; anything that may wait (a signature
-    // check, a JWKS fetch, a learned revocation's fsync) goes to a blocking thread.
-    let decision = match svc.forward_auth_now(authz.as_deref(), api_key.as_deref()) {
-        Some(d) => Ok(d),
-        None => {
-            tokio::task::spawn_blocking(move || {
-                svc.forward_auth(authz.as_deref(), api_key.as_deref())
-            })
-            .await
-        }
-    };
-    match decision {
-        Ok(AuthDecision::Allow {
-            subject,
-            client,
-            scopes,
-            token_id,
-        }) => {
-            let mut r = StatusCode::OK.into_response();
-            for (name, value) in [
-                ("x-auth-subject", subject),
-                ("x-auth-client", client),
-                ("x-auth-scopes", scopes),
-                ("x-auth-token-id", token_id),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    r.headers_mut().insert(name, v);
+impl IntoResponse for AuthDecision {
+    fn into_response(self) -> Response {
+        let (status, error, description) = match self {
+            AuthDecision::Allow(identity) => {
+                let mut r = StatusCode::OK.into_response();
+                for (name, value) in identity.headers() {
+                    r.headers_mut().insert(name, value.clone());
                 }
+                return r;
             }
-            r
-        }
-        Ok(AuthDecision::NoCredentials) => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, challenge(None, ""))],
+            AuthDecision::NoCredentials => (StatusCode::UNAUTHORIZED, None, String::new()),
+            AuthDecision::InvalidRequest(d) => {
+                (StatusCode::BAD_REQUEST, Some("invalid_request"), d)
+            }
+            AuthDecision::InvalidToken(d) => (StatusCode::UNAUTHORIZED, Some("invalid_token"), d),
+        };
+        (
+            status,
+            [(header::WWW_AUTHENTICATE, challenge(error, &description))],
         )
-            .into_response(),
-        Ok(AuthDecision::InvalidRequest(d)) => (
-            StatusCode::BAD_REQUEST,
-            [(
-                header::WWW_AUTHENTICATE,
-                challenge(Some("invalid_request"), &d),
-            )],
-        )
-            .into_response(),
-        Ok(AuthDecision::InvalidToken(d)) => (
-            StatusCode::UNAUTHORIZED,
-            [(
-                header::WWW_AUTHENTICATE,
-                challenge(Some("invalid_token"), &d),
-            )],
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            .into_response()
     }
 }
 
-async fn jwks(State(svc): Svc) -> Response {
-    match svc.authority().jwks() {
-        Ok(v) => Json(v).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+async fn forward_auth(State(svc): Svc, headers: HeaderMap) -> Response {
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let authz = value(header::AUTHORIZATION.as_str());
+    let api_key = svc.settings().api_key_header.as_deref().and_then(value);
+    // Revoked and cached tokens are answered here; anything that may wait (a signature
+    // check, a JWKS fetch, a learned revocation's fsync) goes to a blocking thread.
+    if let Some(d) = svc.forward_auth_now(authz.as_deref(), api_key.as_deref()) {
+        return d.into_response();
     }
+    let decided = blocking(svc, move |s| {
+        Ok(s.forward_auth(authz.as_deref(), api_key.as_deref()))
+    })
+    .await;
+    match decided {
+        Ok(d) => d.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn jwks(State(svc): Svc) -> Result<Response, OAuthError> {
+    let keys = svc.authority.jwks().map_err(OAuthError::server)?;
+    Ok(Json(keys).into_response())
 }
 
 /// Client credentials from HTTP Basic, else from the form (RFC 6749 section 2.3.1).
-fn client_auth(headers: &HeaderMap, form: &[(String, String)]) -> Option<ClientAuth> {
+fn client_auth(
+    headers: &HeaderMap,
+    id: Option<String>,
+    secret: Option<String>,
+) -> Option<ClientAuth> {
     if let Some(basic) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -157,90 +188,87 @@ fn client_auth(headers: &HeaderMap, form: &[(String, String)]) -> Option<ClientA
             secret: secret.into(),
         });
     }
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     Some(ClientAuth {
-        id: get("client_id")?,
-        secret: get("client_secret")?,
+        id: id?,
+        secret: secret?,
     })
 }
 
-fn oauth_error(e: OAuthError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = Json(serde_json::json!({ "error": e.error, "error_description": e.description }));
-    let mut r = (status, body).into_response();
-    if e.status == 401 {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"tokenwall\""),
-        );
-    }
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+/// A token response: JSON, never cached (RFC 6749 section 5.1).
+fn no_store(v: impl serde::Serialize) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response()
 }
 
-async fn token(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
-    let auth = client_auth(&headers, &form);
-    match tokio::task::spawn_blocking(move || svc.token_grant(auth, &form)).await {
-        Ok(Ok(v)) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+async fn token(
+    State(svc): Svc,
+    headers: HeaderMap,
+    OAuthForm(form): OAuthForm<TokenForm>,
+) -> Result<Response, OAuthError> {
+    let auth = client_auth(&headers, form.client_id.clone(), form.client_secret.clone());
+    blocking(svc, move |s| s.token_grant(auth, form))
+        .await
+        .map(no_store)
 }
 
-async fn revoke(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
-    let auth = client_auth(&headers, &form);
-    match tokio::task::spawn_blocking(move || svc.revoke_rfc7009(auth, &form)).await {
-        Ok(Ok(())) => StatusCode::OK.into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+async fn revoke(
+    State(svc): Svc,
+    headers: HeaderMap,
+    OAuthForm(form): OAuthForm<TokenParamForm>,
+) -> Result<StatusCode, OAuthError> {
+    let auth = client_auth(&headers, form.client_id.clone(), form.client_secret.clone());
+    blocking(svc, move |s| s.revoke_rfc7009(auth, form)).await?;
+    Ok(StatusCode::OK)
 }
 
-async fn introspect(State(svc): Svc, headers: HeaderMap, Form(form): FormPairs) -> Response {
-    let auth = client_auth(&headers, &form);
-    match tokio::task::spawn_blocking(move || svc.introspect_rfc7662(auth, &form)).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+async fn introspect(
+    State(svc): Svc,
+    headers: HeaderMap,
+    OAuthForm(form): OAuthForm<TokenParamForm>,
+) -> Result<Response, OAuthError> {
+    let auth = client_auth(&headers, form.client_id.clone(), form.client_secret.clone());
+    blocking(svc, move |s| s.introspect_rfc7662(auth, form))
+        .await
+        .map(|v| Json(v).into_response())
 }
 
 async fn create_session(
     State(svc): Svc,
     headers: HeaderMap,
-    Json(body): Json<serde_json::Value>,
-) -> Response {
-    let auth = client_auth(&headers, &[]);
-    match tokio::task::spawn_blocking(move || svc.create_session(auth, &body)).await {
-        Ok(Ok(v)) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    OAuthJson(body): OAuthJson<NewSession>,
+) -> Result<Response, OAuthError> {
+    let auth = client_auth(&headers, None, None);
+    blocking(svc, move |s| s.create_session(auth, body))
+        .await
+        .map(no_store)
 }
 
 async fn session_claims(
     State(svc): Svc,
     Path(sub): Path<String>,
     headers: HeaderMap,
-    Json(claims): Json<serde_json::Value>,
-) -> Response {
-    let auth = client_auth(&headers, &[]);
-    match tokio::task::spawn_blocking(move || svc.set_session_claims(auth, &sub, &claims)).await {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => oauth_error(e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    OAuthJson(claims): OAuthJson<serde_json::Value>,
+) -> Result<StatusCode, OAuthError> {
+    let auth = client_auth(&headers, None, None);
+    blocking(svc, move |s| s.set_session_claims(auth, &sub, claims)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An admin reply: the control protocol's envelope as JSON.
+fn admin_reply(status: StatusCode, error: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "ok": false, "error": error })),
+    )
+        .into_response()
 }
 
 /// `POST /v1/admin`: a control-socket request (JSON) authorized by the admin bearer credential.
 async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let Some(expected) = svc.settings().admin_token_sha256.clone() else {
-        return (
+        return admin_reply(
             StatusCode::FORBIDDEN,
-            Json(serde_json::json!({ "ok": false, "error": "admin over HTTP is disabled (no --admin-token-file)" })),
-        )
-            .into_response();
+            "admin over HTTP is disabled (no --admin-token-file)",
+        );
     };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -266,31 +294,20 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
         )
             .into_response();
     }
-    let req: crate::api::Request = match serde_json::from_slice(&body) {
+    let req: ControlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({ "ok": false, "error": format!("bad request: {e}") })),
-            )
-                .into_response();
-        }
+        Err(e) => return admin_reply(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
     };
-    if matches!(
-        req,
-        crate::api::Request::Events | crate::api::Request::Watch { .. }
-    ) {
-        let msg = "events is a stream: use the control socket (tokenwall events)";
-        return (
+    if req.is_stream() {
+        return admin_reply(
             StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "ok": false, "error": msg })),
-        )
-            .into_response();
+            "events is a stream: use the control socket (tokenwall events)",
+        );
     }
     if !req.is_read_only() {
         log::info!("admin: {} by the admin credential over HTTP", req.command());
     }
-    match tokio::task::spawn_blocking(move || svc.handle_as(req, "admin")).await {
+    match tokio::task::spawn_blocking(move || svc.handle(req, "admin")).await {
         Ok(reply) => {
             let status = if reply.ok {
                 StatusCode::OK
@@ -304,16 +321,17 @@ async fn admin(State(svc): Svc, headers: HeaderMap, body: axum::body::Bytes) -> 
 }
 
 /// `GET /metrics` (OpenMetrics text).
-async fn metrics(State(svc): Svc) -> Response {
-    match tokio::task::spawn_blocking(move || svc.metrics_text()).await {
-        Ok(Ok(text)) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+async fn metrics(State(svc): Svc) -> Result<Response, OAuthError> {
+    let text = blocking(svc, |s| s.metrics_text().map_err(OAuthError::server)).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
+
+#[cfg(test)]
+mod tests;

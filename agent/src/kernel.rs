@@ -17,12 +17,13 @@ use std::{
 };
 
 use agent_common::{
-    REVOKED_MAX_ENTRIES, config::Config, map_names, program_names, revoked::RevokedEntry,
+    REVOKED_MAX_ENTRIES, config::Config, counters::Counter, map_names, program_names,
+    revoked::RevokedEntry,
 };
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -30,13 +31,13 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The compiled kernel programs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwall"));
 
 /// Where and how a program is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hook {
     /// Native (driver) XDP.
@@ -81,6 +82,19 @@ pub struct TestRunOutput {
     pub packet: Vec<u8>,
 }
 
+/// The loaded programs, their links, counters and interface slots (everything but the maps
+/// userspace writes, which are [`maps::AyaMaps`] and [`maps::AyaConfig`]).
+pub struct LoadedPrograms {
+    ebpf: Ebpf,
+    bpffs: PathBuf,
+    counters: PerCpuArray<MapData, u64>,
+    iface_slots: Array<MapData, u32>,
+    /// Links this process holds (dropping one closes our fd; the pin keeps it attached).
+    links: Vec<(Attachment, FdLink)>,
+    /// Pinned maps replaced at load.
+    replaced: Vec<ReplacedMap>,
+}
+
 /// How the programs are loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -96,45 +110,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// An update of a revoked map that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum KernelError {
-    /// The map holds as many entries as it was created for (`E2BIG` / `ENOSPC`).
-    #[error("the kernel's {map} map is full ({max_entries} entries; see --max-revoked)")]
-    MapFull {
-        /// Map name.
-        map: &'static str,
-        /// Its size.
-        max_entries: u32,
-    },
-    /// Any other failure.
-    #[error("updating the kernel's {map} map")]
-    Map {
-        /// Map name.
-        map: &'static str,
-        /// What the kernel said.
-        #[source]
-        source: MapError,
-    },
-}
-
-impl KernelError {
-    /// Whether the map was full.
-    pub fn is_full(&self) -> bool {
-        matches!(self, KernelError::MapFull { .. })
-    }
-
-    fn of(map: &'static str, max_entries: u32, source: MapError) -> Self {
-        let full = matches!(&source, MapError::SyscallError(e)
-            if matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)));
-        if full {
-            KernelError::MapFull { map, max_entries }
-        } else {
-            KernelError::Map { map, source }
-        }
-    }
-}
-
 /// A pinned map that was replaced because its definition differed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplacedMap {
@@ -144,31 +119,6 @@ pub struct ReplacedMap {
     pub old_max_entries: u32,
     /// Entries of the new one.
     pub new_max_entries: u32,
-}
-
-/// The loaded programs and their maps.
-pub struct Kernel {
-    ebpf: Ebpf,
-    bpffs: PathBuf,
-    revoked: HashMap<MapData, u64, RevokedEntry>,
-    revoked_headers: HashMap<MapData, u64, RevokedEntry>,
-    config: Array<MapData, Config>,
-    counters: PerCpuArray<MapData, u64>,
-    iface_slots: Array<MapData, u32>,
-    /// Links this process holds (dropping one closes our fd; the pin keeps it attached).
-    links: Vec<(Attachment, FdLink)>,
-    /// Entries of the revoked-token map.
-    max_revoked: u32,
-    /// Pinned maps replaced at load.
-    replaced: Vec<ReplacedMap>,
-}
-
-/// Pin path of a link: `links/<hook>@<iface>`. bpffs refuses names containing `.`, which
-/// interface names may have (`eth0.100`), so dots are written as `%2E`.
-fn link_pin(bpffs: &Path, iface: &str, hook: Hook) -> PathBuf {
-    bpffs
-        .join("links")
-        .join(format!("{}@{}", hook.name(), iface.replace('.', "%2E")))
 }
 
 /// Removes the pins of maps under `maps_dir` whose type, key, value or size differ from the
@@ -216,6 +166,108 @@ fn replace_mismatched_pins(maps_dir: &Path, max_revoked: u32) -> anyhow::Result<
     Ok(replaced)
 }
 
+/// Everything [`Kernel::load`] opened: the programs and the maps, split by
+/// [`Kernel::into_parts`] for the daemon, used whole by tests and benchmarks.
+pub struct Kernel {
+    programs: LoadedPrograms,
+    /// The revocation maps.
+    pub maps: AyaMaps,
+    config: AyaConfig,
+}
+
+impl std::ops::Deref for Kernel {
+    type Target = LoadedPrograms;
+    fn deref(&self) -> &LoadedPrograms {
+        &self.programs
+    }
+}
+
+impl std::ops::DerefMut for Kernel {
+    fn deref_mut(&mut self) -> &mut LoadedPrograms {
+        &mut self.programs
+    }
+}
+
+/// What the daemon does with its programs: attach, detach, read counters. The aya
+/// implementation is [`LoadedPrograms`]; [`MemoryPrograms`] stands in for tests without root.
+pub trait Programs: Send {
+    /// Attaches to `iface` (replacing the program inside an existing pinned link).
+    fn attach(&mut self, iface: &str, hook: Hook) -> anyhow::Result<()>;
+    /// Removes every attachment of `iface`; returns how many.
+    fn detach(&mut self, iface: &str) -> anyhow::Result<usize>;
+    /// Attachments recorded in the pin directory.
+    fn attachments(&self) -> Vec<Attachment>;
+    /// Counters summed over CPUs and interfaces, in `Counter::ALL` order.
+    fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>>;
+    /// Counters summed over CPUs, per attached interface.
+    fn counters_by_iface(&self) -> anyhow::Result<Vec<slots::IfaceCounters>>;
+    /// Removes the map pins and the pin directory once no attachment is left.
+    fn remove_pins_if_unused(&self) -> anyhow::Result<()>;
+}
+
+impl Programs for LoadedPrograms {
+    fn attach(&mut self, iface: &str, hook: Hook) -> anyhow::Result<()> {
+        LoadedPrograms::attach(self, iface, hook)
+    }
+    fn detach(&mut self, iface: &str) -> anyhow::Result<usize> {
+        LoadedPrograms::detach(self, iface)
+    }
+    fn attachments(&self) -> Vec<Attachment> {
+        LoadedPrograms::attachments(self)
+    }
+    fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+        LoadedPrograms::counters(self)
+    }
+    fn counters_by_iface(&self) -> anyhow::Result<Vec<slots::IfaceCounters>> {
+        LoadedPrograms::counters_by_iface(self)
+    }
+    fn remove_pins_if_unused(&self) -> anyhow::Result<()> {
+        remove_pins_if_unused(&self.bpffs)
+    }
+}
+
+/// Programs that exist only in memory: attachments are recorded, counters stay zero.
+#[derive(Debug, Default)]
+pub struct MemoryPrograms {
+    attached: Vec<Attachment>,
+}
+
+impl Programs for MemoryPrograms {
+    fn attach(&mut self, iface: &str, hook: Hook) -> anyhow::Result<()> {
+        self.attached.retain(|a| a.iface != iface);
+        self.attached.push(Attachment {
+            iface: iface.into(),
+            hook,
+        });
+        Ok(())
+    }
+    fn detach(&mut self, iface: &str) -> anyhow::Result<usize> {
+        let before = self.attached.len();
+        self.attached.retain(|a| a.iface != iface);
+        Ok(before - self.attached.len())
+    }
+    fn attachments(&self) -> Vec<Attachment> {
+        self.attached.clone()
+    }
+    fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+        Ok(Counter::ALL.into_iter().map(|c| (c, 0)).collect())
+    }
+    fn counters_by_iface(&self) -> anyhow::Result<Vec<slots::IfaceCounters>> {
+        Ok(Vec::new())
+    }
+    fn remove_pins_if_unused(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Pin path of a link: `links/<hook>@<iface>`. bpffs refuses names containing `.`, which
+/// interface names may have (`eth0.100`), so dots are written as `%2E`.
+fn link_pin(bpffs: &Path, iface: &str, hook: Hook) -> PathBuf {
+    bpffs
+        .join("links")
+        .join(format!("{}@{}", hook.name(), iface.replace('.', "%2E")))
+}
+
 impl Kernel {
     /// Loads the programs, creating or reusing the pinned maps under `bpffs` (the revoked map
     /// with its default size).
@@ -224,7 +276,7 @@ impl Kernel {
     }
 
     /// Loads the programs with `opts`, creating or reusing the pinned maps under `bpffs`; a
-    /// pinned map of another definition is replaced ([`Kernel::replaced_maps`]).
+    /// pinned map of another definition is replaced ([`LoadedPrograms::replaced_maps`]).
     pub fn load_with(
         bpffs: &Path,
         kernel_log_level: log::LevelFilter,
@@ -273,33 +325,84 @@ impl Kernel {
             .ok_or_else(|| anyhow!("program {} missing", program_names::BASELINE))?
             .try_into()?;
         baseline.load().context("loading the baseline program")?;
-        let revoked = HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED)?)?;
-        let revoked_headers = HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED_HEADERS)?)?;
-        let config = Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)?;
+        let maps = AyaMaps {
+            tokens: HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED)?)?,
+            headers: HashMap::try_from(take_map(&mut ebpf, map_names::REVOKED_HEADERS)?)?,
+        };
+        let config = AyaConfig(Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)?);
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
         let iface_slots = Array::try_from(take_map(&mut ebpf, map_names::IFACE_SLOT)?)?;
         Ok(Self {
-            ebpf,
-            bpffs: bpffs.to_path_buf(),
-            revoked,
-            revoked_headers,
+            programs: LoadedPrograms {
+                ebpf,
+                bpffs: bpffs.to_path_buf(),
+                counters,
+                iface_slots,
+                links: Vec::new(),
+                replaced,
+            },
+            maps,
             config,
-            counters,
-            iface_slots,
-            links: Vec::new(),
-            max_revoked: opts.max_revoked,
-            replaced,
         })
     }
 
+    /// The programs, the revocation maps and the configuration record, for their owners.
+    pub fn into_parts(self) -> (LoadedPrograms, AyaMaps, AyaConfig) {
+        (self.programs, self.maps, self.config)
+    }
+
+    /// Writes the configuration if it differs from what the kernel has.
+    pub fn set_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        let current = self.config.read()?;
+        if maps::bytes_of(&current) != maps::bytes_of(cfg) {
+            self.config.write(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Changes the kernel's configuration in place (read, modify, write if changed).
+    pub fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> anyhow::Result<()> {
+        let mut cfg = self.config.read()?;
+        f(&mut cfg);
+        self.set_config(&cfg)
+    }
+
+    /// Inserts or replaces a revoked token entry ([`MapError::Full`] when the map is full).
+    pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> Result<(), MapError> {
+        self.maps.insert(MapKind::Tokens, hash, entry)
+    }
+
+    /// Removes a revoked token entry; absent entries are fine.
+    pub fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
+        Ok(self.maps.remove(MapKind::Tokens, hash)?)
+    }
+
+    /// Inserts or replaces a revoked JWS header segment (every token of one signing key;
+    /// [`MapError::Full`] when the map is full).
+    pub fn insert_header(&mut self, hash: u64, entry: RevokedEntry) -> Result<(), MapError> {
+        self.maps.insert(MapKind::Headers, hash, entry)
+    }
+
+    /// Removes a revoked header segment; absent entries are fine.
+    pub fn remove_header(&mut self, hash: u64) -> anyhow::Result<()> {
+        Ok(self.maps.remove(MapKind::Headers, hash)?)
+    }
+
+    /// Whether the token map holds `hash`.
+    pub fn contains(&self, hash: u64) -> bool {
+        self.maps.contains(MapKind::Tokens, hash)
+    }
+
+    /// Every hash in the token map.
+    pub fn revoked_hashes(&self) -> Vec<u64> {
+        self.maps.hashes(MapKind::Tokens)
+    }
+}
+
+impl LoadedPrograms {
     /// Pinned maps this load replaced because their definition differed.
     pub fn replaced_maps(&self) -> &[ReplacedMap] {
         &self.replaced
-    }
-
-    /// Entries of the revoked-token map.
-    pub fn max_revoked(&self) -> u32 {
-        self.max_revoked
     }
 
     /// Takes the hit-event ring buffer (call once).
@@ -308,66 +411,6 @@ impl Kernel {
             &mut self.ebpf,
             map_names::EVENTS,
         )?)?)
-    }
-
-    /// Writes the configuration if it differs from what the kernel has.
-    pub fn set_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
-        let current = self.config.get(&0, 0)?;
-        if bytes_of(&current) != bytes_of(cfg) {
-            self.config.set(0, cfg, 0)?;
-        }
-        Ok(())
-    }
-
-    /// Changes the kernel's configuration in place (read, modify, write if changed).
-    pub fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> anyhow::Result<()> {
-        let mut cfg = self.config.get(&0, 0)?;
-        f(&mut cfg);
-        self.set_config(&cfg)
-    }
-
-    /// Every hash in the revoked header-segment map.
-    pub fn revoked_header_hashes(&self) -> Vec<u64> {
-        self.revoked_headers.keys().filter_map(Result::ok).collect()
-    }
-
-    /// Inserts or replaces a revoked entry; [`KernelError::MapFull`] when the map is full.
-    pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> Result<(), KernelError> {
-        self.revoked
-            .insert(hash, entry, 0)
-            .map_err(|e| KernelError::of(map_names::REVOKED, self.max_revoked, e))
-    }
-
-    /// Removes a revoked entry; absent entries are fine.
-    pub fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
-        remove_key(&mut self.revoked, hash)
-    }
-
-    /// Inserts or replaces a revoked JWS header segment (every token of one signing key);
-    /// [`KernelError::MapFull`] when the map is full.
-    pub fn insert_header(&mut self, hash: u64, entry: RevokedEntry) -> Result<(), KernelError> {
-        self.revoked_headers.insert(hash, entry, 0).map_err(|e| {
-            KernelError::of(
-                map_names::REVOKED_HEADERS,
-                agent_common::REVOKED_HEADERS_MAX_ENTRIES,
-                e,
-            )
-        })
-    }
-
-    /// Removes a revoked header segment; absent entries are fine.
-    pub fn remove_header(&mut self, hash: u64) -> anyhow::Result<()> {
-        remove_key(&mut self.revoked_headers, hash)
-    }
-
-    /// Every hash in the revoked map.
-    pub fn revoked_hashes(&self) -> Vec<u64> {
-        self.revoked.keys().filter_map(Result::ok).collect()
-    }
-
-    /// Whether the kernel map holds `hash`.
-    pub fn contains(&self, hash: u64) -> bool {
-        self.revoked.get(&hash, 0).is_ok()
     }
 
     /// Attaches to `iface` with `hook`, replacing the program inside an existing pinned link
@@ -502,26 +545,9 @@ impl Kernel {
     }
 }
 
-fn remove_key(map: &mut HashMap<MapData, u64, RevokedEntry>, hash: u64) -> anyhow::Result<()> {
-    match map.remove(&hash) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
-}
-
-fn bytes_of(c: &Config) -> &[u8] {
-    // SAFETY: Config is repr(C), Copy, and fully initialised (no padding holes: explicit _pad).
-    unsafe { std::slice::from_raw_parts((c as *const Config).cast::<u8>(), size_of::<Config>()) }
 }
 
 fn spawn_kernel_logger(
@@ -599,10 +625,14 @@ pub fn remove_pins_if_unused(bpffs: &Path) -> anyhow::Result<()> {
 
 /// Fails early with a clear message when the process cannot use BPF.
 pub fn check_privileges() -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tokenwall run needs root (CAP_BPF and CAP_NET_ADMIN)");
     }
     Ok(())
 }
 
-mod slots;
+pub mod maps;
+pub mod slots;
+
+use maps::{AyaConfig, AyaMaps, ConfigMap as _, MapError, MapKind, RevocationMaps as _};

@@ -1,25 +1,18 @@
 //! tokenwall agent library: everything the `tokenwall` binary runs, exposed for the
-//! integration tests and benchmarks.
+//! integration tests and benchmarks. One folder per concept: `kernel` (programs and maps),
+//! `revocation` (the durable store and rules), `tokens` (validation, issuance, keys),
+//! `oauth` (protocol types), `service` (the use cases composing them), `monitoring`
+//! (metrics, events, alerts, audit), `http` and `control` (the two APIs), `cli` and `daemon`.
 
-pub mod alerts;
-pub mod api;
-pub mod audit;
 pub mod cli;
-pub mod client;
-pub mod config_file;
+pub mod clock;
 pub mod control;
 pub mod daemon;
-pub mod hashkey;
 pub mod http;
 pub mod kernel;
-pub mod lifecycle;
-pub mod metrics;
 pub mod monitoring;
 pub mod oauth;
-pub mod rules;
+pub mod revocation;
 pub mod service;
-pub mod sessions;
-pub mod store;
 pub mod tokens;
-pub mod top;
-pub mod until;
+pub mod types;

@@ -1,8 +1,9 @@
 //! tokenwall: eBPF-accelerated enforcement of revoked bearer tokens on API-gateway hosts.
 
 use tokenwall::{
+    cli::commands as client,
     cli::{self, Command},
-    client, daemon,
+    daemon,
 };
 
 fn main() {
@@ -46,7 +47,7 @@ fn main() {
             Command::Apikeys(cmd) => client::apikeys(cmd).await,
             Command::Audit(cmd) => client::audit(cmd),
             Command::Watch(args) => client::watch(args).await,
-            Command::Top(args) => tokenwall::top::run(args).await,
+            Command::Top(args) => tokenwall::cli::top::run(args).await,
             Command::Monitoring { state, client } => client::monitoring(state, client).await,
             Command::Tokens(cmd) => client::tokens(cmd).await,
         }

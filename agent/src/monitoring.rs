@@ -1,38 +1,179 @@
-//! Monitoring on top of [`Service`]: the lifecycle event stream and per-token timelines, the
-//! token list, the audit trail's append, and the metrics snapshot read at scrape time.
+//! Monitoring: Prometheus metrics, the lifecycle event stream and per-token timelines, anomaly
+//! alerts (log, stream, metric, webhook), kernel hit events, and the hash-chained audit trail.
+//! One component, [`Monitor`], owns all of it; each part has its own small lock, and none is
+//! held while another component's is.
 
-use std::sync::Arc;
+pub mod alerts;
+pub mod audit;
+pub mod labels;
+pub mod lifecycle;
+pub mod metrics;
 
-use crate::{
-    alerts::Alert,
-    audit::Entry,
-    hashkey::fingerprint,
-    lifecycle::{EventKind, LifecycleEvent, Timeline},
-    metrics::{ResultLabel, RuleLabel, Snapshot, ValidationLabels, outcome},
-    rules::Refusal,
-    service::Service,
-    tokens::validate::Verified,
-    until::now,
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
-impl Service {
-    /// Publishes a lifecycle event: into the token's timeline, and (except passing checks)
-    /// to `watch` clients.
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::{
+    clock::now,
+    tokens::validate::Verified,
+    types::{Refusal, TokenHash},
+};
+use alerts::{Alert, AlertEngine, Webhook};
+use audit::{AuditLog, Entry};
+use lifecycle::{EventKind, LifecycleEvent, Timeline, Timelines};
+use metrics::{DeliveryResult, Metrics, Snapshot, outcome};
+
+/// A kernel hit event as streamed by `events`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventLine {
+    /// RFC 3339 time of the hit.
+    pub time: String,
+    /// Token fingerprint.
+    pub fingerprint: TokenHash,
+    /// `bearer` or `api_key`.
+    pub kind: String,
+    /// `drop`, `reset`, `observe` or `passed_to_stack`.
+    pub action: String,
+    /// `token` (this token is revoked) or `signing_key` (its JWS header segment is).
+    pub matched: String,
+    /// Interface name (or index when unknown).
+    pub iface: String,
+    /// Client address and port.
+    pub source: String,
+    /// Server address and port.
+    pub destination: String,
+    /// What socket the stack had for the segment ([`socket_name`]): `connection`,
+    /// `handshake` (a request socket), `listener`, `time_wait`, `none` (a spoofed source, or
+    /// a connection already gone).
+    #[serde(default)]
+    pub socket: String,
+}
+
+/// The name of a kernel `SOCKET_*` value in events.
+pub fn socket_name(socket: u32) -> &'static str {
+    use agent_common::event::{
+        SOCKET_ESTABLISHED, SOCKET_LISTENER, SOCKET_NONE, SOCKET_REQUEST, SOCKET_TIME_WAIT,
+    };
+    match socket {
+        SOCKET_ESTABLISHED => "connection",
+        SOCKET_REQUEST => "handshake",
+        SOCKET_LISTENER => "listener",
+        SOCKET_TIME_WAIT => "time_wait",
+        SOCKET_NONE => "none",
+        _ => "unknown",
+    }
+}
+
+/// Whether a socket name from [`socket_name`] means a client stood behind the hit (a
+/// connection or a handshake in progress); `unknown` (not looked up) counts as one.
+pub fn socket_has_connection(name: &str) -> bool {
+    matches!(name, "connection" | "handshake" | "unknown")
+}
+
+/// A revoked token the kernel hits often.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopToken {
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// Kernel hits.
+    pub kernel_hits: u64,
+    /// Where the last hit came from.
+    pub last_source: Option<String>,
+}
+
+/// Alerts kept for `tokenwall top`.
+const RECENT_ALERTS: usize = 20;
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The monitoring component.
+pub struct Monitor {
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    on: AtomicBool,
+    lifecycle: broadcast::Sender<LifecycleEvent>,
+    hits: broadcast::Sender<EventLine>,
+    timelines: Mutex<Timelines>,
+    alerts: Mutex<AlertEngine>,
+    recent_alerts: Mutex<VecDeque<Alert>>,
+    webhook: Option<Webhook>,
+    audit: Mutex<AuditLog>,
+}
+
+impl Monitor {
+    /// Monitoring with these parts; `on` is the switch at start (the audit trail is always on).
+    pub fn new(
+        metrics: Metrics,
+        audit: AuditLog,
+        alerts: AlertEngine,
+        webhook: Option<Webhook>,
+        on: bool,
+    ) -> Self {
+        Self {
+            metrics,
+            on: AtomicBool::new(on),
+            lifecycle: broadcast::channel(4096).0,
+            hits: broadcast::channel(1024).0,
+            timelines: Mutex::new(Timelines::default()),
+            alerts: Mutex::new(alerts),
+            recent_alerts: Mutex::new(VecDeque::new()),
+            webhook,
+            audit: Mutex::new(audit),
+        }
+    }
+
+    /// Whether monitoring is on.
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Turns monitoring on or off (userspace; the kernel's switch is its configuration).
+    pub fn set_on(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Subscribes to lifecycle events (`tokenwall watch`).
+    pub fn lifecycle_events(&self) -> broadcast::Receiver<LifecycleEvent> {
+        self.lifecycle.subscribe()
+    }
+
+    /// Subscribes to kernel hit events (`tokenwall events`).
+    pub fn hit_events(&self) -> broadcast::Receiver<EventLine> {
+        self.hits.subscribe()
+    }
+
+    /// Clients following `watch` and `events`: (lifecycle, hits).
+    pub fn subscribers(&self) -> (usize, usize) {
+        (self.lifecycle.receiver_count(), self.hits.receiver_count())
+    }
+
+    /// A kernel hit: to `events` clients, and (when a connection stood behind it) into the
+    /// token's timeline and the alert rules.
+    pub fn kernel_hit(&self, line: EventLine, ev: LifecycleEvent) {
+        self.emit(ev);
+        let _ = self.hits.send(line);
+    }
+
+    /// Publishes a lifecycle event: into the token's timeline, the alert rules, and (except
+    /// passing checks) to `watch` clients.
     pub fn emit(&self, ev: LifecycleEvent) {
-        if !self.monitoring_on() {
+        if !self.is_on() {
             return;
         }
-        self.timelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(&ev);
+        guard(&self.timelines).apply(&ev);
         let fired = if ev.kind == EventKind::Alert {
             Vec::new()
         } else {
-            self.alerts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .observe(&ev, now())
+            guard(&self.alerts).observe(&ev, now())
         };
         if ev.kind != EventKind::Validated {
             let _ = self.lifecycle.send(ev);
@@ -42,148 +183,120 @@ impl Service {
         }
     }
 
-    /// Counts one token check in the metrics, the token's timeline and the alert rules. A
-    /// passing check of a token that has a timeline builds no event: it is the hot path.
-    pub(crate) fn count_check(&self, hash: u64, result: &Result<Arc<Verified>, Refusal>) {
+    /// Counts one token check (by revocation key) in the metrics, the token's timeline and the
+    /// alert rules. A passing check of a token that has a timeline builds no event: it is the
+    /// hot path.
+    pub fn count_check(&self, hash: u64, result: &Result<Arc<Verified>, Refusal>) {
         let m = &self.metrics;
         let v = match result {
             Ok(v) => v,
             Err(r) => {
                 let outcome = outcome(r);
-                m.validated
-                    .get_or_create(&ValidationLabels {
-                        outcome,
-                        kid: "other".into(),
-                        version: String::new(),
-                    })
-                    .inc();
-                let fp = Some(fingerprint(hash));
-                return self.emit(LifecycleEvent::now(EventKind::Rejected, fp, outcome));
+                m.count_validation(outcome, "other".into(), String::new());
+                let fp = Some(TokenHash(hash).to_string());
+                return self.emit(LifecycleEvent::now(
+                    EventKind::Rejected,
+                    fp,
+                    outcome.as_str(),
+                ));
             }
         };
         let version = m.version_of(m.version_claim.as_deref().and_then(|c| v.claim_str(c)));
-        m.validated
-            .get_or_create(&ValidationLabels {
-                outcome: "ok",
-                kid: v.kid.clone(),
-                version,
-            })
-            .inc();
+        m.count_validation(metrics::Outcome::Ok, v.kid.clone(), version);
         let jti = v.claim_str("jti");
-        let counted = self
-            .timelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .count_pass(hash, jti);
-        if !counted {
-            let ev = LifecycleEvent::now(EventKind::Validated, Some(fingerprint(hash)), "ok");
+        if !guard(&self.timelines).count_pass(hash, jti) {
+            let ev = LifecycleEvent::now(
+                EventKind::Validated,
+                Some(TokenHash(hash).to_string()),
+                "ok",
+            );
             return self.emit(match jti {
                 Some(j) => ev.with_jti(j),
                 None => ev,
             });
         }
-        let rollout = self
-            .alerts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .count_check(false, now());
+        let rollout = guard(&self.alerts).count_check(false, now());
         if let Some(detail) = rollout {
-            self.raise(Alert::now("key_rollout", None, detail));
+            self.raise(Alert::now(metrics::AlertRule::KeyRollout, None, detail));
         }
     }
 
+    /// Raises the `kernel_map_full` alert: a revocation did not fit in a kernel map.
+    pub fn alert_kernel_full(&self) {
+        self.raise(Alert::now(
+            metrics::AlertRule::KernelMapFull,
+            None,
+            "a revocation did not fit in a kernel map: forward-auth still refuses it, the kernel does not drop it (raise --max-revoked)".into(),
+        ));
+    }
+
     /// Delivers an alert: log, event stream, metric, webhook (never waiting on it).
-    fn raise(&self, alert: Alert) {
+    pub fn raise(&self, alert: Alert) {
         log::warn!(
             "ALERT {}: {} ({})",
             alert.rule,
             alert.detail,
             alert.fingerprint.as_deref().unwrap_or("-")
         );
-        self.metrics
-            .alerts
-            .get_or_create(&RuleLabel {
-                rule: alert.rule.clone(),
-            })
-            .inc();
+        self.metrics.count_alert(alert.rule);
         self.emit(LifecycleEvent::now(
             EventKind::Alert,
             alert.fingerprint.clone(),
             format!("{}: {}", alert.rule, alert.detail),
         ));
         {
-            let mut recent = self.recent_alerts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut recent = guard(&self.recent_alerts);
             recent.push_back(alert.clone());
-            if recent.len() > 20 {
+            if recent.len() > RECENT_ALERTS {
                 recent.pop_front();
             }
         }
         if let Some(w) = &self.webhook
             && !w.offer(alert)
         {
-            self.metrics
-                .alert_deliveries
-                .get_or_create(&ResultLabel {
-                    result: "dropped".into(),
-                })
-                .inc();
+            self.metrics.count_delivery(DeliveryResult::Dropped);
         }
     }
 
-    /// Tokens indexed here (issued, or seen valid), filtered; newest expiry last.
-    pub(crate) fn tokens_list(
-        &self,
-        expiring_within: Option<u64>,
-        revoked_only: bool,
-        sub: Option<&str>,
-    ) -> serde_json::Value {
-        let now = now();
-        let index: Vec<_> = self
-            .authority()
-            .index
-            .iter()
-            .map(|(j, ix)| (j.clone(), ix.clone()))
-            .collect();
-        let inner = self.lock();
-        let mut rows: Vec<(u64, serde_json::Value)> = index
-            .into_iter()
-            .filter(|(_, ix)| ix.exp > now)
-            .filter(|(_, ix)| expiring_within.is_none_or(|d| ix.exp <= now + d))
-            .filter(|(_, ix)| sub.is_none_or(|s| ix.sub == s))
-            .filter_map(|(jti, ix)| {
-                let rev = inner.store.get(ix.hash);
-                (!revoked_only || rev.is_some()).then(|| {
-                    (
-                        ix.exp,
-                        serde_json::json!({
-                            "fingerprint": fingerprint(ix.hash), "jti": jti, "sub": ix.sub,
-                            "client_id": ix.client_id, "kid": ix.kid, "exp": ix.exp,
-                            "expires_in": ix.exp - now,
-                            "revoked": rev.map(|r| serde_json::json!({ "reason": r.reason, "at": r.revoked_at })),
-                        }),
-                    )
-                })
-            })
-            .collect();
-        rows.sort_by_key(|(exp, _)| *exp);
-        serde_json::Value::Array(rows.into_iter().map(|(_, v)| v).collect())
+    /// The last alerts, newest last.
+    pub fn recent_alerts(&self) -> Vec<Alert> {
+        guard(&self.recent_alerts).iter().cloned().collect()
     }
 
-    /// A token's timeline, by fingerprint or `jti`.
-    pub fn timeline(&self, fp: Option<&str>, jti: Option<&str>) -> Option<Timeline> {
-        let t = self.timelines.lock().unwrap_or_else(|p| p.into_inner());
+    /// The revoked tokens with the most kernel hits.
+    pub fn top_revoked(&self, n: usize) -> Vec<TopToken> {
+        guard(&self.timelines)
+            .top_by_kernel_hits(n)
+            .into_iter()
+            .map(|(fingerprint, kernel_hits, last_source)| TopToken {
+                fingerprint,
+                kernel_hits,
+                last_source,
+            })
+            .collect()
+    }
+
+    /// A token's timeline, by fingerprint, or by a `jti` an event named (`indexed` gives the
+    /// fingerprint of an indexed `jti` that no event named).
+    pub fn timeline(
+        &self,
+        fp: Option<&str>,
+        jti: Option<&str>,
+        indexed: impl FnOnce(&str) -> Option<String>,
+    ) -> Option<Timeline> {
+        let t = guard(&self.timelines);
         let fp = match (fp, jti) {
             (Some(fp), _) => Some(fp.to_string()),
             (None, Some(j)) => t
                 .fingerprint_of(j)
                 .map(str::to_string)
-                .or_else(|| self.authority().index.get(j).map(|ix| fingerprint(ix.hash))),
+                .or_else(|| indexed(j)),
             _ => None,
         }?;
         t.get(&fp).cloned()
     }
 
-    /// Appends an audit record (fsynced).
+    /// Appends an audit record (fsynced before this returns).
     pub fn record(
         &self,
         actor: &str,
@@ -192,9 +305,7 @@ impl Service {
         reason: &str,
     ) -> anyhow::Result<()> {
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        self.audit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        guard(&self.audit)
             .append(
                 Entry {
                     actor: actor.into(),
@@ -207,79 +318,13 @@ impl Service {
             .map(|_| ())
     }
 
-    /// Whether monitoring is on.
-    pub fn monitoring_on(&self) -> bool {
-        self.monitoring.load(std::sync::atomic::Ordering::Relaxed)
+    /// Alerts waiting for webhook delivery.
+    pub fn alert_queue(&self) -> u64 {
+        self.webhook.as_ref().map_or(0, |w| w.queued() as u64)
     }
 
-    /// Turns monitoring on or off, in userspace and in the kernel.
-    pub(crate) fn set_monitoring(&self, on: bool) -> anyhow::Result<serde_json::Value> {
-        self.lock()
-            .kernel
-            .update_config(|c| c.monitoring = u32::from(on))?;
-        self.monitoring
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-        Ok(serde_json::json!({ "monitoring": on }))
-    }
-
-    /// What `tokenwall top` shows.
-    pub(crate) fn top(&self) -> anyhow::Result<serde_json::Value> {
-        let top = self
-            .timelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .top_by_kernel_hits(10);
-        let alerts: Vec<_> = self
-            .recent_alerts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        let ifaces: Vec<String> = self
-            .lock()
-            .kernel
-            .attachments()
-            .into_iter()
-            .map(|a| format!("{} ({})", a.iface, a.hook.name()))
-            .collect();
-        Ok(serde_json::json!({
-            "metrics": self.metrics_text()?,
-            "ifaces": ifaces,
-            "top_revoked": top.into_iter().map(|(fp, hits, src)| serde_json::json!({
-                "fingerprint": fp, "kernel_hits": hits, "last_source": src,
-            })).collect::<Vec<_>>(),
-            "alerts": alerts,
-        }))
-    }
-
-    /// `GET /metrics`: OpenMetrics text with kernel counters and gauges read now.
-    pub fn metrics_text(&self) -> anyhow::Result<String> {
-        let (cached_tokens, keys) = {
-            let auth = self.authority();
-            (self.cache().len() as u64, auth.key_counts())
-        };
-        let snapshot = {
-            let inner = self.lock();
-            Snapshot {
-                kernel: inner
-                    .kernel
-                    .counters_by_iface()?
-                    .into_iter()
-                    .flat_map(|(iface, counters)| {
-                        counters
-                            .into_iter()
-                            .map(move |(c, v)| (iface.clone(), c.name(), v))
-                    })
-                    .collect(),
-                store_entries: inner.store.len() as u64,
-                kernel_token_entries: inner.kernel.revoked_hashes().len() as u64,
-                kernel_header_entries: inner.kernel.revoked_header_hashes().len() as u64,
-                cached_tokens,
-                keys,
-                alert_queue: self.webhook.as_ref().map_or(0, |w| w.queued() as u64),
-            }
-        };
-        Ok(self.metrics.encode(snapshot))
+    /// OpenMetrics text with `snapshot` (what is read at scrape time) installed.
+    pub fn encode(&self, snapshot: Snapshot) -> String {
+        self.metrics.encode(snapshot)
     }
 }

@@ -1,64 +1,265 @@
-//! The token lifecycle on top of [`Service`]: forward-auth decisions (RFC 6750 errors),
-//! `client_credentials` issuance (RFC 6749 section 4.4), revocation (RFC 7009) and
-//! introspection (RFC 7662). Every revocation goes through the durable store into the kernel.
+//! OAuth 2.0 and RFC 6750 protocol types: what a forward-auth request presents and the
+//! decision it gets (with the identity headers handed to the upstream), the typed error every
+//! OAuth endpoint answers with (RFC 6749 section 5.2, `IntoResponse`), and the typed request
+//! bodies. The use cases that produce them are the service's.
 
 use std::sync::Arc;
 
-use agent_common::hash::token_hash;
-use serde_json::{Value, json};
-
-use crate::{
-    api::TokenRef,
-    hashkey::fingerprint,
-    lifecycle::{EventKind, LifecycleEvent},
-    metrics::KidLabel,
-    rules::Refusal,
-    service::Service,
-    tokens::validate::Verified,
-    until::{JWT_EXP_MARGIN, now},
+use axum::{
+    Json,
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
+use serde::Deserialize;
+
+use crate::{tokens::validate::Verified, types::Refusal};
+
+/// `X-Auth-Issuer` of a request authorized by an API key (API keys have no `iss`).
+pub const API_KEY_ISSUER: &str = "tokenwall:api-key";
+/// Longest identity header value, in bytes.
+pub const MAX_IDENTITY_VALUE_BYTES: usize = 1024;
+
+/// Why a claim cannot be handed on as an identity header.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// Not visible ASCII with inner spaces (control bytes, non-ASCII, leading or trailing
+    /// whitespace).
+    #[error("claim {claim} is not a valid HTTP header value")]
+    NotAHeaderValue {
+        /// The claim's name (never its value).
+        claim: &'static str,
+    },
+    /// Longer than [`MAX_IDENTITY_VALUE_BYTES`].
+    #[error("claim {claim} is longer than {MAX_IDENTITY_VALUE_BYTES} bytes")]
+    TooLong {
+        /// The claim's name (never its value).
+        claim: &'static str,
+    },
+}
+
+/// One identity header's value: empty, or visible ASCII (0x21-0x7e) with inner spaces, at most
+/// [`MAX_IDENTITY_VALUE_BYTES`] long. Anything else is refused, never dropped or rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityValue(HeaderValue);
+
+impl IdentityValue {
+    /// The value of `claim`, if it is a valid identity header value.
+    pub fn new(claim: &'static str, value: &str) -> Result<Self, IdentityError> {
+        if value.len() > MAX_IDENTITY_VALUE_BYTES {
+            return Err(IdentityError::TooLong { claim });
+        }
+        let visible = |b: &u8| (0x21..=0x7e).contains(b);
+        let bytes = value.as_bytes();
+        let ok = bytes.iter().all(|b| visible(b) || *b == b' ')
+            && bytes.first().is_none_or(visible)
+            && bytes.last().is_none_or(visible);
+        if !ok {
+            return Err(IdentityError::NotAHeaderValue { claim });
+        }
+        HeaderValue::from_str(value)
+            .map(Self)
+            .map_err(|_| IdentityError::NotAHeaderValue { claim })
+    }
+
+    /// The header value.
+    pub fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+/// Who an allowed request is, as handed to the upstream in the `X-Auth-*` headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `sub` (an API key's name).
+    pub subject: IdentityValue,
+    /// `client_id` (empty for API keys).
+    pub client: IdentityValue,
+    /// `scope`.
+    pub scopes: IdentityValue,
+    /// `jti` (an API key's fingerprint).
+    pub token_id: IdentityValue,
+    /// `iss` ([`API_KEY_ISSUER`] for API keys): upstreams must not trust a subject without it.
+    pub issuer: IdentityValue,
+}
+
+impl Identity {
+    /// From the claims of a verified token.
+    pub fn of_token(v: &Verified) -> Result<Self, IdentityError> {
+        let claim = |name: &'static str| IdentityValue::new(name, v.claim_str(name).unwrap_or(""));
+        Ok(Self {
+            subject: claim("sub")?,
+            client: claim("client_id")?,
+            scopes: claim("scope")?,
+            token_id: claim("jti")?,
+            issuer: claim("iss")?,
+        })
+    }
+
+    /// The response headers, lower-case names.
+    pub fn headers(&self) -> [(HeaderName, &HeaderValue); 5] {
+        [
+            (
+                HeaderName::from_static("x-auth-subject"),
+                self.subject.header(),
+            ),
+            (
+                HeaderName::from_static("x-auth-client"),
+                self.client.header(),
+            ),
+            (
+                HeaderName::from_static("x-auth-scopes"),
+                self.scopes.header(),
+            ),
+            (
+                HeaderName::from_static("x-auth-token-id"),
+                self.token_id.header(),
+            ),
+            (
+                HeaderName::from_static("x-auth-issuer"),
+                self.issuer.header(),
+            ),
+        ]
+    }
+}
 
 /// The answer to a forward-auth request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthDecision {
-    /// 200 with identity headers.
-    Allow {
-        /// `sub`.
-        subject: String,
-        /// `client_id`.
-        client: String,
-        /// `scope`.
-        scopes: String,
-        /// `jti`.
-        token_id: String,
-    },
+    /// 200 with the identity headers.
+    Allow(Identity),
     /// 401 without an error code: no bearer credentials at all (RFC 6750 section 3.1).
     NoCredentials,
     /// 400 `invalid_request`: a malformed `Authorization` header.
     InvalidRequest(String),
-    /// 401 `invalid_token` with a description (never the token).
+    /// 401 `invalid_token` with a description (never the token, nor a claim's value).
     InvalidToken(String),
 }
 
-/// An OAuth error response (RFC 6749 section 5.2).
-#[derive(Debug)]
-pub struct OAuthError {
-    /// HTTP status.
-    pub status: u16,
-    /// `error` code.
-    pub error: &'static str,
-    /// `error_description`.
-    pub description: String,
+/// An OAuth error response (RFC 6749 section 5.2; RFC 6750 section 3.1 for
+/// `insufficient_scope`): each variant knows its status and error code.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// 400 `invalid_request`: a parameter is missing, repeated or malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 401 `invalid_client`: no client credentials, or wrong ones.
+    #[error("{0}")]
+    InvalidClient(&'static str),
+    /// 400 `invalid_grant`: the refresh token is unknown, expired, revoked or reused.
+    #[error("{0}")]
+    InvalidGrant(&'static str),
+    /// 400 `unsupported_grant_type`.
+    #[error("grant_type not supported")]
+    UnsupportedGrantType,
+    /// 400 `invalid_scope`.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// 403 `insufficient_scope`: the client may not do this.
+    #[error("{0}")]
+    InsufficientScope(&'static str),
+    /// 503 `temporarily_unavailable`: the change could not be made durable now.
+    #[error("{0}")]
+    TemporarilyUnavailable(String),
+    /// 500 `server_error`.
+    #[error("{0}")]
+    ServerError(String),
 }
 
 impl OAuthError {
-    pub(crate) fn new(status: u16, error: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            description: description.into(),
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OAuthError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+            OAuthError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            OAuthError::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OAuthError::ServerError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
         }
     }
+
+    /// The `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) => "invalid_request",
+            OAuthError::InvalidClient(_) => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::InsufficientScope(_) => "insufficient_scope",
+            OAuthError::TemporarilyUnavailable(_) => "temporarily_unavailable",
+            OAuthError::ServerError(_) => "server_error",
+        }
+    }
+
+    /// A failure inside the server (its causes on one line).
+    pub fn server(e: anyhow::Error) -> Self {
+        OAuthError::ServerError(format!("{e:#}"))
+    }
+
+    /// A change that could not be made durable.
+    pub fn unavailable(e: anyhow::Error) -> Self {
+        OAuthError::TemporarilyUnavailable(format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = Json(serde_json::json!({
+            "error": self.code(), "error_description": self.to_string(),
+        }));
+        let mut r = (status, body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tokenwall\""),
+            );
+        }
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+}
+
+/// `POST /oauth2/token` (RFC 6749 sections 4.4 and 6).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TokenForm {
+    /// `client_credentials` or `refresh_token`.
+    pub grant_type: Option<String>,
+    /// The scope asked for (space-separated).
+    pub scope: Option<String>,
+    /// For `refresh_token`.
+    pub refresh_token: Option<String>,
+    /// Client credentials in the body (RFC 6749 section 2.3.1), when not HTTP Basic.
+    pub client_id: Option<String>,
+    /// See `client_id`.
+    pub client_secret: Option<String>,
+}
+
+/// `POST /oauth2/revoke` (RFC 7009) and `POST /oauth2/introspect` (RFC 7662).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TokenParamForm {
+    /// The token.
+    pub token: Option<String>,
+    /// `access_token` or `refresh_token`: only orders the lookups.
+    pub token_type_hint: Option<String>,
+    /// Client credentials in the body, when not HTTP Basic.
+    pub client_id: Option<String>,
+    /// See `client_id`.
+    pub client_secret: Option<String>,
+}
+
+/// `POST /v1/sessions`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewSession {
+    /// The subject the login service authenticated.
+    pub sub: String,
+    /// Scopes for the session's tokens (space-separated).
+    #[serde(default)]
+    pub scope: String,
+    /// Extra claims for the subject's tokens.
+    #[serde(default)]
+    pub claims: Option<serde_json::Value>,
 }
 
 /// Client credentials as presented (HTTP Basic or form fields).
@@ -70,7 +271,7 @@ pub struct ClientAuth {
 }
 
 /// What a forward-auth request presents, before any lookup.
-enum Presented<'a> {
+pub(crate) enum Presented<'a> {
     /// A bearer token.
     Token(&'a str),
     /// An API key (no bearer token).
@@ -80,7 +281,10 @@ enum Presented<'a> {
 }
 
 /// Reads the `Authorization` header value, or failing a bearer token, the API-key header's.
-fn presented<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) -> Presented<'a> {
+pub(crate) fn presented<'a>(
+    authorization: Option<&'a str>,
+    api_key: Option<&'a str>,
+) -> Presented<'a> {
     let bearer = authorization.filter(|v| {
         v.split_whitespace()
             .next()
@@ -109,283 +313,99 @@ fn presented<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) -> Pr
 }
 
 /// The decision for a checked token.
-fn token_decision(checked: Result<Arc<Verified>, Refusal>) -> AuthDecision {
+/// A claim that cannot be an identity header refuses the token (an upstream must never see a
+/// request without, or with a rewritten, identity).
+pub(crate) fn token_decision(checked: Result<Arc<Verified>, Refusal>) -> AuthDecision {
     match checked {
-        Ok(v) => AuthDecision::Allow {
-            subject: v.claim_str("sub").unwrap_or_default().into(),
-            client: v.claim_str("client_id").unwrap_or_default().into(),
-            scopes: v.claim_str("scope").unwrap_or_default().into(),
-            token_id: v.claim_str("jti").unwrap_or_default().into(),
+        Ok(v) => match Identity::of_token(&v) {
+            Ok(id) => AuthDecision::Allow(id),
+            Err(e) => AuthDecision::InvalidToken(e.to_string()),
         },
         Err(r) => AuthDecision::InvalidToken(r.to_string()),
     }
 }
 
-impl Service {
-    /// Decides a forward-auth request from its `Authorization` header value, or failing a
-    /// bearer token, from the API-key header's value.
-    pub fn forward_auth(&self, authorization: Option<&str>, api_key: Option<&str>) -> AuthDecision {
-        match presented(authorization, api_key) {
-            Presented::Token(t) => token_decision(self.check_token(t)),
-            Presented::ApiKey(k) => self.api_key_auth(k),
-            Presented::Decided(d) => d,
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
 
-    /// [`forward_auth`](Self::forward_auth) for an async worker: answers only what needs no
-    /// wait (see [`check_token_now`](Self::check_token_now)); `None` means: call
-    /// `forward_auth` on a blocking thread.
-    pub fn forward_auth_now(
-        &self,
-        authorization: Option<&str>,
-        api_key: Option<&str>,
-    ) -> Option<AuthDecision> {
-        match presented(authorization, api_key) {
-            Presented::Token(t) => self.check_token_now(t).map(token_decision),
-            Presented::ApiKey(_) => None,
-            Presented::Decided(d) => Some(d),
-        }
-    }
-
-    fn api_key_auth(&self, presented: &str) -> AuthDecision {
-        let hash = token_hash(&self.key, presented.as_bytes());
-        if self.lock().store.get(hash).is_some() {
-            return AuthDecision::InvalidToken("API key revoked".into());
-        }
-        match self.authority().api_key(presented) {
-            Some(k) => AuthDecision::Allow {
-                subject: k.name.clone(),
-                client: String::new(),
-                scopes: k.scopes.join(" "),
-                token_id: fingerprint(hash),
-            },
-            None => AuthDecision::InvalidToken("unknown API key".into()),
-        }
-    }
-
-    /// `apikeys add`: creates a key and returns it once.
-    pub fn add_api_key(&self, name: &str, scopes: Vec<String>) -> anyhow::Result<Value> {
-        let key = self.key;
-        let created = self.authority().add_api_key(
-            name,
-            scopes,
-            |k| token_hash(&key, k.as_bytes()),
-            now(),
-        )?;
-        log::info!(
-            "API key {name} created ({})",
-            fingerprint(token_hash(&key, created.as_bytes()))
-        );
-        Ok(json!({ "name": name, "api_key": created }))
-    }
-
-    /// `apikeys remove`: forgets the key and revokes it (the kernel drops it from now on).
-    pub fn remove_api_key(&self, name: &str) -> anyhow::Result<Value> {
-        let removed = self.authority().remove_api_key(name)?;
-        let Some(k) = removed else {
-            anyhow::bail!("no API key {name}");
+    fn verified(claims: Value) -> Result<Arc<Verified>, Refusal> {
+        let Value::Object(claims) = claims else {
+            unreachable!()
         };
-        self.revoke(
-            &TokenRef::Hash(fingerprint(k.hash)),
-            None,
-            Some(format!("API key {name} removed")),
-            true,
-        )
-    }
-
-    pub(crate) fn client(&self, auth: &ClientAuth) -> Result<(String, Vec<String>), OAuthError> {
-        self.authority()
-            .authenticate(&auth.id, &auth.secret)
-            .map(|c| (c.id.clone(), c.scopes.clone()))
-            .ok_or_else(|| OAuthError::new(401, "invalid_client", "client authentication failed"))
-    }
-
-    /// `POST /oauth2/token`.
-    pub fn token_grant(
-        &self,
-        auth: Option<ClientAuth>,
-        form: &[(String, String)],
-    ) -> Result<Value, OAuthError> {
-        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let auth = auth.ok_or_else(|| {
-            OAuthError::new(401, "invalid_client", "client authentication required")
-        })?;
-        let (client_id, allowed) = self.client(&auth)?;
-        match get("grant_type") {
-            Some("client_credentials") => {}
-            Some("refresh_token") => return self.refresh_grant(&client_id, form),
-            Some(_) => {
-                return Err(OAuthError::new(
-                    400,
-                    "unsupported_grant_type",
-                    "grant_type not supported",
-                ));
-            }
-            None => {
-                return Err(OAuthError::new(
-                    400,
-                    "invalid_request",
-                    "grant_type missing",
-                ));
-            }
-        }
-        let scopes: Vec<String> = match get("scope") {
-            Some(s) => s.split_whitespace().map(str::to_string).collect(),
-            None => allowed.clone(),
-        };
-        if let Some(bad) = scopes.iter().find(|s| !allowed.contains(s)) {
-            return Err(OAuthError::new(
-                400,
-                "invalid_scope",
-                format!("scope {bad} not allowed for this client"),
-            ));
-        }
-        let key = self.key;
-        let issued = self
-            .authority()
-            .issue(
-                |t| token_hash(&key, t.as_bytes()),
-                &client_id,
-                &client_id,
-                &scopes,
-                &json!({}),
-                now(),
-            )
-            .map_err(|e| OAuthError::new(500, "server_error", e.to_string()))?;
-        let fp = fingerprint(token_hash(&key, issued.token.as_bytes()));
-        self.metrics
-            .issued
-            .get_or_create(&KidLabel {
-                kid: issued.kid.clone(),
-            })
-            .inc();
-        log::info!("issued {fp} to client {client_id} (jti {})", issued.jti);
-        self.emit(
-            LifecycleEvent::now(
-                EventKind::Issued,
-                Some(fp.clone()),
-                format!("client {client_id}"),
-            )
-            .with_jti(&issued.jti),
-        );
-        self.record(
-            &format!("client:{client_id}"),
-            "issue",
-            vec![fp, format!("jti:{}", issued.jti)],
-            "client_credentials",
-        )
-        .map_err(|e| OAuthError::new(500, "server_error", format!("{e:#}")))?;
-        // RFC 6749 section 4.4.3: an access token only, no refresh token.
-        Ok(json!({
-            "access_token": issued.token, "token_type": "Bearer",
-            "expires_in": issued.exp.saturating_sub(now()), "scope": issued.scope,
+        Ok(Arc::new(Verified {
+            kid: "k".into(),
+            alg: jsonwebtoken::Algorithm::ES256,
+            claims,
+            exp: None,
+            header_segment_len: 10,
         }))
     }
 
-    /// `POST /oauth2/revoke` (RFC 7009): 200 whether or not the token was known.
-    pub fn revoke_rfc7009(
-        &self,
-        auth: Option<ClientAuth>,
-        form: &[(String, String)],
-    ) -> Result<(), OAuthError> {
-        let auth = auth.ok_or_else(|| {
-            OAuthError::new(401, "invalid_client", "client authentication required")
-        })?;
-        let (client_id, _) = self.client(&auth)?;
-        let Some((_, token)) = form.iter().find(|(n, _)| n == "token") else {
-            return Err(OAuthError::new(400, "invalid_request", "token missing"));
+    #[test]
+    fn allow_carries_the_issuer_with_the_other_identity_headers() {
+        let d = token_decision(verified(json!({
+            "iss": "https://partner.test", "sub": "admin", "client_id": "c",
+            "scope": "a b", "jti": "j1",
+        })));
+        let AuthDecision::Allow(id) = d else {
+            panic!("{d:?}")
         };
-        let unavailable =
-            |e: anyhow::Error| OAuthError::new(503, "temporarily_unavailable", format!("{e:#}"));
-        // The hint only orders the lookups (RFC 7009 section 2.1); both kinds are tried.
-        let hint = form
+        let headers: Vec<(String, &str)> = id
+            .headers()
             .iter()
-            .find(|(n, _)| n == "token_type_hint")
-            .map(|(_, v)| v.as_str());
-        if hint != Some("access_token")
-            && self
-                .revoke_refresh_token(&client_id, token)
-                .map_err(unavailable)?
-        {
-            return Ok(());
-        }
-        let hash = token_hash(&self.key, token.as_bytes());
-        // Only the client a token was issued to may revoke it; anything else is ignored
-        // silently, as RFC 7009 answers unknown tokens with 200 too.
-        let header = token_hash(
-            &self.key,
-            token.split('.').next().unwrap_or_default().as_bytes(),
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-auth-subject".to_string(), "admin"),
+                ("x-auth-client".into(), "c"),
+                ("x-auth-scopes".into(), "a b"),
+                ("x-auth-token-id".into(), "j1"),
+                ("x-auth-issuer".into(), "https://partner.test"),
+            ]
         );
-        let v = self.authority().validate(token, (hash, header), now());
-        let until = match &v {
-            Ok(v) if v.claim_str("client_id") == Some(client_id.as_str()) => {
-                v.exp.map(|e| e + JWT_EXP_MARGIN)
-            }
-            _ if hint == Some("access_token") => {
-                self.revoke_refresh_token(&client_id, token)
-                    .map_err(unavailable)?;
-                return Ok(());
-            }
-            _ => return Ok(()),
+        // Absent claims are empty headers (the gateways then send none).
+        let AuthDecision::Allow(id) = token_decision(verified(json!({ "iss": "i" }))) else {
+            panic!()
         };
-        self.revoke(
-            &TokenRef::Token(token.clone()),
-            until,
-            Some(format!("RFC 7009 by client {client_id}")),
-            false,
-        )
-        .map_err(unavailable)?;
-        self.metrics.count_revocation("token", "rfc7009");
-        self.record(
-            &format!("client:{client_id}"),
-            "revoke",
-            vec![fingerprint(hash)],
-            "RFC 7009",
-        )
-        .map_err(unavailable)
+        assert_eq!(id.subject.header(), "");
     }
 
-    /// `POST /oauth2/introspect` (RFC 7662) for an authenticated client.
-    pub fn introspect_rfc7662(
-        &self,
-        auth: Option<ClientAuth>,
-        form: &[(String, String)],
-    ) -> Result<Value, OAuthError> {
-        let auth = auth.ok_or_else(|| {
-            OAuthError::new(401, "invalid_client", "client authentication required")
-        })?;
-        self.client(&auth)?;
-        let Some((_, token)) = form.iter().find(|(n, _)| n == "token") else {
-            return Err(OAuthError::new(400, "invalid_request", "token missing"));
-        };
-        Ok(self.introspect(token))
-    }
-
-    /// Introspection: `active` plus claims; inactive for expired, revoked or unknown tokens.
-    pub fn introspect(&self, token: &str) -> Value {
-        match self.check_token(token) {
-            Ok(v) => {
-                let mut out = serde_json::Map::new();
-                out.insert("active".into(), json!(true));
-                out.insert("token_type".into(), json!("Bearer"));
-                for k in [
-                    "iss",
-                    "sub",
-                    "aud",
-                    "exp",
-                    "iat",
-                    "nbf",
-                    "jti",
-                    "client_id",
-                    "scope",
-                ] {
-                    if let Some(val) = v.claims.get(k) {
-                        out.insert(k.into(), val.clone());
-                    }
+    #[test]
+    fn a_claim_that_is_not_a_header_value_refuses_the_token_naming_the_claim_not_the_value() {
+        let long = "a".repeat(MAX_IDENTITY_VALUE_BYTES + 1);
+        for (claim, value) in [
+            ("sub", "admin\r\nx-auth-subject: root"),
+            ("sub", "tab\there"),
+            ("sub", "del\u{7f}"),
+            ("sub", "Jos\u{e9}"),
+            ("sub", " padded"),
+            ("sub", "padded "),
+            ("scope", long.as_str()),
+            ("iss", "https://idp.test/\u{0}"),
+            ("jti", "\u{1b}[31m"),
+            ("client_id", "c\u{85}"),
+        ] {
+            let mut claims =
+                json!({ "iss": "i", "sub": "s", "scope": "x", "jti": "j", "client_id": "c" });
+            claims[claim] = json!(value);
+            match token_decision(verified(claims)) {
+                AuthDecision::InvalidToken(d) => {
+                    assert!(d.contains(&format!("claim {claim} ")), "{d}");
+                    assert!(!d.contains(value), "the value must not be echoed: {d}");
                 }
-                Value::Object(out)
+                other => panic!("{claim}={value:?} was not refused: {other:?}"),
             }
-            Err(_) => json!({ "active": false }),
         }
+        let at_limit = "a".repeat(MAX_IDENTITY_VALUE_BYTES);
+        assert!(matches!(
+            token_decision(verified(
+                json!({ "iss": "i", "scope": at_limit, "sub": "a b" })
+            )),
+            AuthDecision::Allow(_)
+        ));
     }
 }

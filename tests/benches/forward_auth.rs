@@ -61,7 +61,7 @@ fn sign(f: &Family, kid: &str, n: usize, seed: &str) -> Vec<String> {
     .unwrap();
     let mut h = Header::new(f.alg);
     h.kid = Some(kid.into());
-    let now = tokenwall::until::now();
+    let now = tokenwall::clock::now();
     (0..n)
         .map(|i| {
             let claims = json!({ "iss": ISS, "sub": format!("user-{i}"), "aud": "api",
@@ -80,10 +80,9 @@ impl Conn {
         let stream = std::thread::scope(|s| {
             s.spawn(|| {
                 // setns affects this thread only; the socket keeps its namespace afterwards.
-                assert_eq!(
-                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0
-                );
+                // SAFETY: setns(2) with an open namespace fd; it touches no memory of ours.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0);
                 TcpStream::connect(API).unwrap()
             })
             .join()

@@ -226,6 +226,8 @@ impl Daemon {
     /// SIGTERM and wait (at most 10 s, then SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) with a pid this process spawned and has not reaped; no memory is
+            // touched.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {

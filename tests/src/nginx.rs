@@ -148,11 +148,27 @@ pub struct Gateway {
 /// The shipped example config (tests/gateways/nginx-auth-request.conf).
 pub const GATEWAY_CONF: &str = include_str!("../gateways/nginx-auth-request.conf");
 
+/// The stand-in upstream's address in the example config.
+pub const STAND_IN: &str = "127.0.0.1:9000";
+
 impl Testbed {
     /// Starts the example gateway on `port` (server addresses), authorizing through tokenwall at
-    /// `tokenwall` and proxying to a stand-in upstream on 127.0.0.1:9000.
+    /// `tokenwall` and proxying to a stand-in upstream on [`STAND_IN`].
     pub fn start_gateway(&self, port: u16, tokenwall: &str) -> anyhow::Result<Gateway> {
-        let logs = self.work_dir().join("gateway");
+        self.start_gateway_to(port, tokenwall, STAND_IN, STAND_IN, "gateway")
+    }
+
+    /// Starts the example gateway on `port` proxying to `upstream`, with its stand-in upstream
+    /// on `stand_in` and its logs in the work directory's `name`.
+    pub fn start_gateway_to(
+        &self,
+        port: u16,
+        tokenwall: &str,
+        upstream: &str,
+        stand_in: &str,
+        name: &str,
+    ) -> anyhow::Result<Gateway> {
+        let logs = self.work_dir().join(name);
         std::fs::create_dir_all(&logs)?;
         let conf = GATEWAY_CONF
             .replace(
@@ -160,7 +176,8 @@ impl Testbed {
                 &format!("listen {SERVER_IP4}:{port}; listen [{SERVER_IP6}]:{port};"),
             )
             .replace("@TOKENWALL@", tokenwall)
-            .replace("@UPSTREAM@", "127.0.0.1:9000")
+            .replace("@UPSTREAM@", upstream)
+            .replace("@STANDIN@", stand_in)
             .replace("@LOGS@", &logs.display().to_string());
         let path = logs.join("nginx.conf");
         std::fs::write(&path, conf)?;

@@ -79,6 +79,7 @@ impl Testbed {
     /// segmentation offloads off, a pass-through XDP program on the client end) and the
     /// addresses.
     pub fn new() -> anyhow::Result<Self> {
+        // SAFETY: geteuid(2) takes nothing and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             bail!("the integration tests need root (network namespaces, BPF)");
         }

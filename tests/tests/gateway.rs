@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokenwall_tests::{
     Testbed,
-    http::{Resp, curl, daemon_behind_gateway, forward_auth, gateway_get},
+    http::{Resp, curl, daemon_behind_gateway, forward_auth, gateway_get, gateway_get_with},
+    nsserver::header_values,
 };
 
 const PORT: u16 = 8080;
@@ -15,6 +16,63 @@ const API: &str = "127.0.0.1:7070";
 
 fn through_gateway(tb: &Testbed, path: &str, token: Option<&str>) -> Resp {
     gateway_get(tb, PORT, path, token)
+}
+
+/// A second copy of the example gateway proxies to a recording upstream written here: a
+/// client's own `X-Auth-*` headers never arrive, tokenwall's (with `X-Auth-Issuer`) do, once.
+fn identity_headers_reach_the_upstream_only_from_tokenwall(tb: &Testbed, access: &str) {
+    const REC_PORT: u16 = 8081;
+    let upstream = tb
+        .serve_in(tb.server_ns(), "127.0.0.1:9100", |_| {
+            (200, "text/plain", "recorded\n".into())
+        })
+        .unwrap();
+    let _gw = tb
+        .start_gateway_to(
+            REC_PORT,
+            API,
+            &upstream.addr.to_string(),
+            "127.0.0.1:9101",
+            "gateway-rec",
+        )
+        .unwrap();
+    let forged = [
+        "X-Auth-Subject: admin".to_string(),
+        "X-Auth-Issuer: https://evil.test".into(),
+        "X-Auth-Scopes: everything".into(),
+        "X-Auth-User: root".into(),
+    ];
+    let mut with_token = forged.to_vec();
+    with_token.push(format!("Authorization: Bearer {access}"));
+    let r = gateway_get_with(tb, REC_PORT, "/spoof", &with_token);
+    assert_eq!((r.status, r.body.trim()), (200, "recorded"), "{r:?}");
+    let heads = upstream.heads_for("/spoof");
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let head = &heads[0];
+    assert_eq!(header_values(head, "x-auth-subject"), ["billing"], "{head}");
+    assert_eq!(
+        header_values(head, "x-auth-issuer"),
+        [format!("http://{API}")],
+        "{head}"
+    );
+    assert_eq!(
+        header_values(head, "x-auth-scopes"),
+        ["orders:read"],
+        "{head}"
+    );
+    assert_eq!(header_values(head, "x-auth-client"), ["billing"], "{head}");
+    assert!(header_values(head, "x-auth-user").is_empty(), "{head}");
+    assert!(header_values(head, "authorization").is_empty(), "{head}");
+    for value in ["admin", "evil.test", "everything", "root"] {
+        assert!(
+            !head.contains(value),
+            "a client value reached the upstream: {head}"
+        );
+    }
+    // Without a token the forged identity is refused before the upstream.
+    let r = gateway_get_with(tb, REC_PORT, "/spoof-anon", &forged);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(upstream.heads_for("/spoof-anon").is_empty());
 }
 
 fn token_for(tb: &Testbed, id: &str, secret: &str) -> serde_json::Value {
@@ -109,6 +167,8 @@ fn nginx_authorizes_through_tokenwall_and_a_revoked_token_stops_in_the_kernel() 
     let r = through_gateway(&tb, "/orders", Some(&access));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body.trim(), "hello billing (orders:read)");
+
+    identity_headers_reach_the_upstream_only_from_tokenwall(&tb, &access);
 
     // RFC 6750: no credentials -> 401 with a bare challenge; a bad token -> invalid_token.
     let r = through_gateway(&tb, "/anon", None);

@@ -81,9 +81,9 @@ fn unwatched_ports_udp_fragments_and_bare_syns_pass_untouched() {
 fn expired_entries_are_ignored() {
     let (mut k, cfg, _pins) = load("expiry", Action::Drop);
     let mut live_cfg = cfg;
-    live_cfg.clock_offset_ns = tokenwall::daemon::clock_offset_ns();
+    live_cfg.clock_offset_ns = tokenwall::clock::clock_offset_ns();
     k.set_config(&live_cfg).unwrap();
-    let now = tokenwall::until::now();
+    let now = tokenwall::clock::now();
     for (t, expires_at) in [("past", now - 5), ("future", now + 600)] {
         let e = RevokedEntry {
             expires_at,

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use agent_common::{map_names, revoked::RevokedEntry};
 use aya::maps::MapInfo;
-use tokenwall::kernel::{Kernel, KernelError, LoadOptions, ReplacedMap};
+use tokenwall::kernel::{
+    Kernel, LoadOptions, ReplacedMap,
+    maps::{MapError, MapKind},
+};
 use tokenwall_tests::progs::Pins;
 
 fn dir(tag: &str) -> (PathBuf, Pins) {
@@ -25,11 +28,7 @@ fn a_full_revoked_map_is_a_distinguishable_error() {
         k.insert(h, RevokedEntry::default()).unwrap();
     }
     let err = k.insert(8, RevokedEntry::default()).unwrap_err();
-    assert!(err.is_full(), "{err:?}");
-    assert!(
-        matches!(err, KernelError::MapFull { max_entries: 8, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, MapError::Full(MapKind::Tokens)), "{err:?}");
     // Replacing an existing entry still works in a full map.
     k.insert(
         3,

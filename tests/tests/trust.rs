@@ -3,10 +3,12 @@
 //! issued; a key rotation at the issuer is picked up by the unknown-kid refetch; revoking an
 //! external `kid` through the admin HTTP endpoint drops that key's tokens in the kernel, even
 //! ones never seen; API keys authorize through the API-key header and, once removed, stop in
-//! the kernel. Needs root.
+//! the kernel; an issuer replacing the key behind a `kid` is followed, old verifications
+//! included. Needs root.
 
 use std::{
     process::{Child, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -15,7 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokenwall_tests::{
     Testbed,
-    http::{curl, daemon_behind_gateway, gateway_get, gateway_get_with},
+    http::{curl, daemon_behind_gateway, forward_auth, gateway_get, gateway_get_with},
 };
 
 const PORT: u16 = 8080;
@@ -53,7 +55,7 @@ fn external_token(kid: &str, iss: &str, sub: &str, typ: Option<&str>) -> String 
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(kid.into());
     h.typ = typ.map(str::to_string);
-    let now = tokenwall::until::now();
+    let now = tokenwall::clock::now();
     let claims = json!({ "iss": iss, "sub": sub, "aud": "api", "exp": now + 600, "iat": now,
                          "jti": format!("{sub}-{}", now) });
     let key = EncodingKey::from_ec_pem(EC_KEY.as_bytes()).unwrap();
@@ -121,8 +123,13 @@ fn external_issuers_and_api_keys_from_a_config_file_behind_nginx() {
     );
     let config = format!(
         r#"
-api_key_header = "X-Api-Key"
+[process]
 admin_token_file = "{admin}"
+
+[enforcement]
+api_key_header = "X-Api-Key"
+
+[tokens]
 jwks_min_refetch = 1
 
 [[clients]]
@@ -187,6 +194,21 @@ scopes = ["reports:read"]
         &external_token("pem-1", "https://idp.test", "x", None),
     );
     assert_eq!(r.status, 401, "{r:?}");
+    // A partner's `sub: admin` is told apart from this host's by X-Auth-Issuer.
+    let r = forward_auth(
+        &tb,
+        API,
+        &external_token("ext-1", "https://idp.test", "admin", None),
+    );
+    assert_eq!(
+        (
+            r.status,
+            r.header("x-auth-subject"),
+            r.header("x-auth-issuer")
+        ),
+        (200, Some("admin"), Some("https://idp.test")),
+        "{r:?}"
+    );
 
     // The issuer rotates to ext-2: the first token naming it triggers one refetch and passes.
     set_jwks(&["ext-1", "ext-2"]);
@@ -273,6 +295,25 @@ scopes = ["reports:read"]
         with_key("/bogus-key", "twk_not_a_registered_key_000000").status,
         401
     );
+    let hdr = tb.work_dir().join("apikey.hdr");
+    std::fs::write(&hdr, format!("X-Api-Key: {CONFIG_API_KEY}\n")).unwrap();
+    let r = curl(
+        tb.server_ns(),
+        &[
+            "-H",
+            &format!("@{}", hdr.display()),
+            &format!("http://{API}/v1/auth"),
+        ],
+    );
+    assert_eq!(
+        (
+            r.status,
+            r.header("x-auth-subject"),
+            r.header("x-auth-issuer")
+        ),
+        (200, Some("partner"), Some("tokenwall:api-key")),
+        "{r:?}"
+    );
     let added = tb.cli_json(&["apikeys", "add", "robot", "--scope", "metrics", "--json"]);
     let robot = added["api_key"].as_str().unwrap().to_string();
     assert!(robot.starts_with("twk_"));
@@ -301,4 +342,93 @@ scopes = ["reports:read"]
         &external_token("ext-1", "https://idp.test", "eve", None),
     );
     assert_eq!(r.status, 401, "{r:?}");
+}
+
+/// A fresh P-256 key: its signing key and its public JWK under `kid`.
+fn fresh_key(kid: &str) -> (EncodingKey, Value) {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING as ALG, EcdsaKeyPair, KeyPair as _};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ALG, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ALG, pkcs8.as_ref(), &rng).unwrap();
+    let p = &pair.public_key().as_ref()[1..];
+    let jwk = json!({ "kty": "EC", "crv": "P-256", "use": "sig", "kid": kid,
+                      "x": B64.encode(&p[..32]), "y": B64.encode(&p[32..]) });
+    (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+}
+
+fn signed(key: &EncodingKey, kid: &str, sub: &str) -> String {
+    tokenwall::tokens::ring_provider::install();
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some(kid.into());
+    let now = tokenwall::clock::now();
+    let claims = json!({ "iss": "https://rot.test", "sub": sub, "exp": now + 600, "iat": now,
+                         "jti": format!("{sub}-{now}") });
+    jsonwebtoken::encode(&h, &claims, key).unwrap()
+}
+
+#[test]
+fn a_key_replaced_under_its_kid_at_the_issuer_is_trusted_and_the_old_one_refused_even_cached() {
+    const ROT_API: &str = "127.0.0.1:7073";
+    let tb = Testbed::new().unwrap();
+    let (old_key, old_jwk) = fresh_key("rot");
+    let (new_key, new_jwk) = fresh_key("rot");
+    let doc = Arc::new(Mutex::new(json!({ "keys": [old_jwk] }).to_string()));
+    let served = doc.clone();
+    let jwks = tb
+        .serve_in(tb.server_ns(), "127.0.0.1:8097", move |_| {
+            (200, "application/json", served.lock().unwrap().clone())
+        })
+        .unwrap();
+    let config = tb.work_dir().join("rot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tokens]\njwks_min_refetch = 1\n[[keys]]\njwks_url = \"http://{}/jwks.json\"\nissuer = \"https://rot.test\"\n",
+            jwks.addr
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let _d = tb
+        .start_daemon(&["--http", ROT_API, "--port", "8080", "--config", &config])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jwks.heads_for("/jwks.json").is_empty() {
+        assert!(Instant::now() < deadline, "the JWKS was never fetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Verified with the old key, and cached.
+    let before = signed(&old_key, "rot", "before");
+    for _ in 0..2 {
+        let r = forward_auth(&tb, ROT_API, &before);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    // The issuer replaces the key behind `rot`. A token of the new key fails its signature
+    // against the old one, which refetches the JWKS (once a second here): poll until it passes.
+    *doc.lock().unwrap() = json!({ "keys": [new_jwk] }).to_string();
+    let after = signed(&new_key, "rot", "after");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = forward_auth(&tb, ROT_API, &after);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 401, "{r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the new key was never trusted: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(jwks.heads_for("/jwks.json").len() >= 2);
+
+    // The old key's tokens are refused: the cached one and a fresh one.
+    for t in [before, signed(&old_key, "rot", "fresh-old")] {
+        let r = forward_auth(&tb, ROT_API, &t);
+        assert_eq!(r.status, 401, "{r:?}");
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.contains("bad signature"), "{r:?}");
+    }
 }

@@ -37,6 +37,7 @@ fn dpkg_installed(pkg: &str) -> bool {
 
 /// Installs what is missing; idempotent.
 pub fn setup() -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("setup needs root (apt-get, bpffs, and the tests use BPF and network namespaces)");
     }

@@ -8,7 +8,7 @@ use agent_common::counters::{COUNTER_SLOTS, Counter, IFACE_SLOT_ENTRIES, IFACE_S
 use anyhow::Context as _;
 use aya::maps::PerCpuValues;
 
-use super::Kernel;
+use super::LoadedPrograms;
 
 /// One interface's counters: its name (or `other`) and each counter summed over CPUs.
 pub type IfaceCounters = (String, Vec<(Counter, u64)>);
@@ -22,7 +22,7 @@ fn ifindex(iface: &str) -> anyhow::Result<u32> {
     }
 }
 
-impl Kernel {
+impl LoadedPrograms {
     fn slot_key(iface: &str) -> anyhow::Result<u32> {
         Ok(ifindex(iface)? & (IFACE_SLOT_ENTRIES - 1))
     }

@@ -3,8 +3,9 @@
 //! state directory, mode 0600, replaced atomically on every change.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, bail};
@@ -12,6 +13,8 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use super::index::Indexed;
+use super::index::TokenIndex;
 use super::jwks::RemoteJwks;
 use super::keys::{ExternalKey, KeySource};
 use super::private_file::{self, random_b64, sha256_b64};
@@ -61,6 +64,11 @@ struct Persisted {
     /// Own keys that no longer verify, oldest first (at most [`MAX_RETIRED`]).
     #[serde(default)]
     retired: Vec<RetiredKey>,
+    /// Own keys revoked by a kid rule, kept verify-only until every token they signed has
+    /// expired: a token that verifies under one is known to be genuine, so its header segment
+    /// may be learned into the kernel. Nothing is learned from unverified tokens.
+    #[serde(default)]
+    revoked_keys: Vec<StoredKey>,
 }
 
 /// An own signing key that no longer verifies: its grace ran out, or it was removed.
@@ -90,25 +98,6 @@ pub struct Issued {
     pub kid: String,
 }
 
-/// What is known about a token by `jti` (indexed at issue time, or when first validated).
-#[derive(Clone, Debug)]
-pub struct Indexed {
-    /// Keyed hash of the token.
-    pub hash: u64,
-    /// Subject.
-    pub sub: String,
-    /// Client.
-    pub client_id: String,
-    /// Expiry.
-    pub exp: u64,
-    /// Issued at (0 when the token had no `iat`).
-    pub iat: u64,
-    /// The key that signed it.
-    pub kid: String,
-    /// Keyed hash of its JWS header segment (what a kid revocation puts in the kernel).
-    pub header: u64,
-}
-
 /// Issuer settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -129,10 +118,11 @@ pub struct Authority {
     path: PathBuf,
     settings: Settings,
     state: Persisted,
-    keys: KeySet,
+    /// The trusted keys; shared, so a signature check runs without the authority's lock.
+    keys: Arc<KeySet>,
     policy: Policy,
-    /// `jti` -> token facts.
-    pub index: HashMap<String, Indexed>,
+    /// Live tokens by `jti` (bounded).
+    pub index: TokenIndex,
     /// Remote JWKS sources with their last good sets.
     remote: Vec<RemoteJwks>,
 }
@@ -147,9 +137,9 @@ impl Authority {
             path,
             settings,
             state,
-            keys: KeySet::default(),
+            keys: Arc::new(KeySet::default()),
             policy: Policy::default(),
-            index: HashMap::new(),
+            index: TokenIndex::default(),
             remote: Vec::new(),
         };
         a.remote = a
@@ -162,7 +152,7 @@ impl Authority {
         // First start, or the configured algorithm changed: a new active key (the previous one
         // stays trusted through its grace period, so no token is cut short).
         if a.active().map_or(true, |k| k.alg != a.settings.signing_alg) {
-            a.rotate_key(crate::until::now())?;
+            a.rotate_key(crate::clock::now())?;
         }
         a.rebuild_keyset()?;
         Ok(a)
@@ -175,14 +165,7 @@ impl Authority {
     fn rebuild_keyset(&mut self) -> anyhow::Result<()> {
         let mut ks = KeySet::default();
         for k in &self.state.keys {
-            ks.insert(TrustedKey {
-                kid: k.kid.clone(),
-                alg: k.alg.jwt(),
-                key: k.alg.decoding_key(&signing::pkcs8(&k.pkcs8)?)?,
-                issuer: self.settings.issuer.clone(),
-                audiences: vec![self.settings.audience.clone()],
-                typ: Some("at+jwt".into()),
-            });
+            ks.insert(self.own_trusted(k)?);
         }
         for e in &self.state.external {
             for k in e.keys()? {
@@ -197,7 +180,7 @@ impl Authority {
                 }
             }
         }
-        self.keys = ks;
+        self.keys = Arc::new(ks);
         Ok(())
     }
 
@@ -230,7 +213,7 @@ impl Authority {
     /// Drops previous keys whose tokens have all expired (lifetime plus 5 minutes of leeway);
     /// returns their ids.
     pub fn prune_keys(&mut self, now: u64) -> anyhow::Result<Vec<String>> {
-        let grace = self.settings.access_ttl + crate::until::JWT_EXP_MARGIN;
+        let grace = self.settings.access_ttl + crate::clock::JWT_EXP_MARGIN;
         let gone: Vec<String> = self
             .state
             .keys
@@ -238,6 +221,13 @@ impl Authority {
             .filter(|k| k.retired_at.is_some_and(|r| now >= r + grace))
             .map(|k| k.kid.clone())
             .collect();
+        let revoked_before = self.state.revoked_keys.len();
+        self.state
+            .revoked_keys
+            .retain(|k| k.retired_at.is_none_or(|r| now < r + grace));
+        if self.state.revoked_keys.len() != revoked_before && gone.is_empty() {
+            self.save()?;
+        }
         if !gone.is_empty() {
             self.state.keys.retain(|k| !gone.contains(&k.kid));
             for kid in &gone {
@@ -249,20 +239,52 @@ impl Authority {
         Ok(gone)
     }
 
-    /// Stops trusting and publishing `kid`; if it was the active key, a new one is made first.
-    /// Returns the active key id afterwards.
+    /// Stops trusting and publishing `kid` (a kid rule revoked it); if it was the active key, a
+    /// new one is made first. The key stays verify-only (see [`Authority::verify_revoked`])
+    /// until every token it signed has expired. Returns the active key id afterwards.
     pub fn retire_key(&mut self, kid: &str, now: u64) -> anyhow::Result<String> {
-        if !self.state.keys.iter().any(|k| k.kid == kid) {
+        let Some(stored) = self.state.keys.iter().find(|k| k.kid == kid).cloned() else {
             bail!("no signing key {kid} (see the JWKS)");
-        }
+        };
         if self.active()?.kid == kid {
             self.rotate_key(now.max(self.active()?.created_at + 1))?;
         }
         self.state.keys.retain(|k| k.kid != kid);
+        self.state.revoked_keys.push(StoredKey {
+            retired_at: Some(now),
+            ..stored
+        });
         self.remember_retired(kid, now);
         self.save()?;
         self.rebuild_keyset()?;
         self.active_kid()
+    }
+
+    /// Verifies `token` under the own keys a kid rule revoked (verify-only, see
+    /// [`Authority::retire_key`]), with every other rule of validation. Returns the key id and
+    /// this host's issuer when it verifies: the token is genuine, and its key revoked.
+    pub fn verify_revoked(&self, token: &str, now: u64) -> Option<(String, String)> {
+        if self.state.revoked_keys.is_empty() {
+            return None;
+        }
+        let mut ks = KeySet::default();
+        for k in &self.state.revoked_keys {
+            ks.insert(self.own_trusted(k).ok()?);
+        }
+        let v = validate(token, &ks, &self.policy, now).ok()?;
+        Some((v.kid, self.settings.issuer.clone()))
+    }
+
+    /// How one of this host's keys verifies.
+    fn own_trusted(&self, k: &StoredKey) -> anyhow::Result<TrustedKey> {
+        Ok(TrustedKey {
+            kid: k.kid.clone(),
+            alg: k.alg.jwt(),
+            key: k.alg.decoding_key(&signing::pkcs8(&k.pkcs8)?)?,
+            issuer: self.settings.issuer.clone(),
+            audiences: vec![self.settings.audience.clone()],
+            typ: Some("at+jwt".into()),
+        })
     }
 
     fn remember_retired(&mut self, kid: &str, now: u64) {
@@ -278,7 +300,12 @@ impl Authority {
 
     /// Forgets indexed tokens that have expired.
     pub fn prune_index(&mut self, now: u64) {
-        self.index.retain(|_, ix| ix.exp > now);
+        self.index.prune(now);
+    }
+
+    /// `iss` of the tokens this authority issues.
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
     }
 
     /// Whether `kid` is one of this authority's own signing keys.
@@ -404,6 +431,20 @@ impl Authority {
         extra: &Value,
         now: u64,
     ) -> anyhow::Result<Issued> {
+        let plan = self.plan_issue(client_id, sub, scopes, extra, now)?;
+        let signed = plan.sign()?;
+        Ok(self.record_issued(plan, signed, hash_of))
+    }
+
+    /// Everything an access token needs but its signature (taken under the lock).
+    pub fn plan_issue(
+        &self,
+        client_id: &str,
+        sub: &str,
+        scopes: &[String],
+        extra: &Value,
+        now: u64,
+    ) -> anyhow::Result<IssuePlan> {
         let key = self.active()?.clone();
         let jti = random_b64(16)?;
         let exp = now + self.settings.access_ttl;
@@ -417,30 +458,46 @@ impl Authority {
                 c.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        let token = jsonwebtoken::encode(
-            &key.alg.header(&key.kid),
-            &claims,
-            &key.alg.encoding_key(&signing::pkcs8(&key.pkcs8)?),
-        )?;
-        self.index.insert(
-            jti.clone(),
-            Indexed {
-                hash: hash_of(&token),
-                sub: sub.into(),
-                client_id: client_id.into(),
-                exp,
-                iat: now,
-                kid: key.kid.clone(),
-                header: hash_of(token.split('.').next().unwrap_or_default()),
-            },
-        );
-        Ok(Issued {
-            token,
+        Ok(IssuePlan {
+            key,
+            claims,
             jti,
             exp,
             scope,
-            kid: key.kid.clone(),
+            iat: now,
+            issuer: self.settings.issuer.clone(),
+            sub: sub.into(),
+            client_id: client_id.into(),
         })
+    }
+
+    /// Indexes a token signed from `plan` and returns it.
+    pub fn record_issued(
+        &mut self,
+        plan: IssuePlan,
+        token: String,
+        hash_of: impl Fn(&str) -> u64,
+    ) -> Issued {
+        self.index.insert(
+            &plan.jti,
+            Indexed {
+                hash: hash_of(&token),
+                iss: plan.issuer,
+                sub: plan.sub,
+                client_id: plan.client_id,
+                exp: plan.exp,
+                iat: plan.iat,
+                kid: plan.key.kid.clone(),
+                header: hash_of(token.split('.').next().unwrap_or_default()),
+            },
+        );
+        Issued {
+            token,
+            jti: plan.jti,
+            exp: plan.exp,
+            scope: plan.scope,
+            kid: plan.key.kid,
+        }
     }
 
     /// Validates a token against this authority's keys and indexes it on first sight.
@@ -448,29 +505,69 @@ impl Authority {
     pub fn validate(
         &mut self,
         token: &str,
-        (hash, header): (u64, u64),
+        hashes: (u64, u64),
         now: u64,
     ) -> Result<Verified, Rejection> {
         let v = validate(token, &self.keys, &self.policy, now)?;
+        self.index_verified(&v, hashes);
+        Ok(v)
+    }
+
+    /// The trusted keys and the validation policy, to verify without the lock.
+    pub fn verifier(&self) -> (Arc<KeySet>, Policy) {
+        (self.keys.clone(), self.policy.clone())
+    }
+
+    /// Indexes a verified token on first sight (its `jti`).
+    pub fn index_verified(&mut self, v: &Verified, (hash, header): (u64, u64)) {
         if let Some(jti) = v.claim_str("jti") {
-            self.index
-                .entry(jti.to_string())
-                .or_insert_with(|| Indexed {
+            self.index.insert(
+                jti,
+                Indexed {
                     hash,
+                    iss: v.claim_str("iss").unwrap_or_default().into(),
                     sub: v.claim_str("sub").unwrap_or_default().into(),
                     client_id: v.claim_str("client_id").unwrap_or_default().into(),
                     exp: v.exp.unwrap_or(0),
                     iat: v.claims.get("iat").and_then(Value::as_u64).unwrap_or(0),
                     kid: v.kid.clone(),
                     header,
-                });
+                },
+            );
         }
-        Ok(v)
+    }
+}
+
+/// An access token ready to be signed: the key and the claims, taken under the authority's
+/// lock; the signature is made outside it.
+pub struct IssuePlan {
+    key: StoredKey,
+    claims: Value,
+    jti: String,
+    exp: u64,
+    scope: String,
+    iat: u64,
+    issuer: String,
+    sub: String,
+    client_id: String,
+}
+
+impl IssuePlan {
+    /// Signs the token (the slow part).
+    pub fn sign(&self) -> anyhow::Result<String> {
+        Ok(jsonwebtoken::encode(
+            &self.key.alg.header(&self.key.kid),
+            &self.claims,
+            &self.key.alg.encoding_key(&signing::pkcs8(&self.key.pkcs8)?),
+        )?)
     }
 }
 
 pub mod api_keys;
 mod external;
+mod shared;
+pub use external::{KeyAdded, KeyInfo};
+pub use shared::TokenAuthority;
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,14 @@
 //! The verified-token cache: a repeated token costs one hash lookup instead of a signature
 //! check. Keyed by the token's keyed hash, bounded in entries, and never serving a token past
 //! its `exp` (plus leeway). Revocations are checked by the caller *before* every lookup, so a
-//! cached token is never served past a revocation either.
+//! cached token is never served past a revocation either. When a signing key changes or goes
+//! away (a JWKS refresh), the entries it verified are dropped ([`VerifiedCache::remove_kids`]);
+//! a verification that raced with that drop is not inserted (see [`VerifiedCache::generation`]).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use super::validate::Verified;
 
@@ -15,6 +20,7 @@ pub struct VerifiedCache {
     entries: HashMap<u64, Arc<Verified>>,
     capacity: usize,
     leeway: u64,
+    generation: u64,
 }
 
 impl VerifiedCache {
@@ -24,6 +30,7 @@ impl VerifiedCache {
             entries: HashMap::new(),
             capacity,
             leeway,
+            generation: 0,
         }
     }
 
@@ -61,13 +68,45 @@ impl VerifiedCache {
         self.entries.insert(hash, v);
     }
 
+    /// Counts the group drops ([`remove_kids`](Self::remove_kids), [`clear`](Self::clear)):
+    /// read it before verifying a token and pass it to
+    /// [`insert_unless_dropped`](Self::insert_unless_dropped), so a verification made with a
+    /// key that was replaced meanwhile is not cached.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// [`insert`](Self::insert), unless a group drop happened since `generation` was read.
+    pub fn insert_unless_dropped(
+        &mut self,
+        hash: u64,
+        v: Arc<Verified>,
+        now: u64,
+        generation: u64,
+    ) {
+        if generation == self.generation {
+            self.insert(hash, v, now);
+        }
+    }
+
     /// Forgets a token (revoked, or covered by a new rule).
     pub fn remove(&mut self, hash: u64) {
         self.entries.remove(&hash);
     }
 
+    /// Forgets every token verified by one of these keys (replaced or removed); returns how
+    /// many were dropped.
+    pub fn remove_kids<'a>(&mut self, kids: impl IntoIterator<Item = &'a str>) -> usize {
+        let kids: std::collections::HashSet<&str> = kids.into_iter().collect();
+        self.generation += 1;
+        let before = self.entries.len();
+        self.entries.retain(|_, v| !kids.contains(v.kid.as_str()));
+        before - self.entries.len()
+    }
+
     /// Forgets every token (a key or rule change makes whole groups stale).
     pub fn clear(&mut self) {
+        self.generation += 1;
         self.entries.clear();
     }
 
@@ -82,14 +121,80 @@ impl VerifiedCache {
     }
 }
 
+/// The cache as a component of the daemon: its own lock, never held while another
+/// component's is.
+pub struct TokenCache {
+    inner: Mutex<VerifiedCache>,
+}
+
+impl TokenCache {
+    /// Owns `cache` from now on.
+    pub fn new(cache: VerifiedCache) -> Self {
+        Self {
+            inner: Mutex::new(cache),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VerifiedCache> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached verification of `hash` and the current generation (see
+    /// [`VerifiedCache::generation`]).
+    pub fn get(&self, hash: u64, now: u64) -> (Option<Arc<Verified>>, u64) {
+        let mut c = self.lock();
+        (c.get(hash, now), c.generation())
+    }
+
+    /// [`get`](Self::get) only if nobody holds the lock (for answers that must not wait):
+    /// `None` when busy.
+    pub fn try_get(&self, hash: u64, now: u64) -> Option<Option<Arc<Verified>>> {
+        Some(self.inner.try_lock().ok()?.get(hash, now))
+    }
+
+    /// See [`VerifiedCache::insert_unless_dropped`].
+    pub fn insert_unless_dropped(&self, hash: u64, v: Arc<Verified>, now: u64, generation: u64) {
+        self.lock().insert_unless_dropped(hash, v, now, generation);
+    }
+
+    /// See [`VerifiedCache::remove`].
+    pub fn remove(&self, hash: u64) {
+        self.lock().remove(hash);
+    }
+
+    /// See [`VerifiedCache::remove_kids`].
+    pub fn remove_kids<'a>(&self, kids: impl IntoIterator<Item = &'a str>) -> usize {
+        self.lock().remove_kids(kids)
+    }
+
+    /// See [`VerifiedCache::clear`].
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Cached tokens.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use jsonwebtoken::Algorithm;
 
     fn verified(exp: Option<u64>) -> Arc<Verified> {
+        by_kid("k", exp)
+    }
+
+    fn by_kid(kid: &str, exp: Option<u64>) -> Arc<Verified> {
         Arc::new(Verified {
-            kid: "k".into(),
+            kid: kid.into(),
             alg: Algorithm::ES256,
             claims: Default::default(),
             exp,
@@ -137,5 +242,35 @@ mod tests {
         c.insert(1, verified(None), 0);
         c.remove(1);
         assert!(c.get(1, 0).is_none());
+    }
+
+    #[test]
+    fn remove_kids_drops_only_what_those_keys_verified() {
+        let mut c = VerifiedCache::new(8, 0);
+        c.insert(1, by_kid("old", None), 0);
+        c.insert(2, by_kid("gone", None), 0);
+        c.insert(3, by_kid("kept", None), 0);
+        assert_eq!(c.remove_kids(["old", "gone"]), 2);
+        assert!(c.get(1, 0).is_none() && c.get(2, 0).is_none());
+        assert!(c.get(3, 0).is_some(), "other keys' entries stay");
+    }
+
+    #[test]
+    fn a_verification_that_raced_a_key_change_is_not_cached() {
+        let mut c = VerifiedCache::new(8, 0);
+        let before = c.generation();
+        // A key change lands while the token is being verified with the old key.
+        c.remove_kids(["old"]);
+        c.insert_unless_dropped(1, by_kid("old", None), 0, before);
+        assert!(
+            c.get(1, 0).is_none(),
+            "the stale verification was not cached"
+        );
+        let now = c.generation();
+        c.insert_unless_dropped(1, by_kid("old", None), 0, now);
+        assert!(c.get(1, 0).is_some());
+        c.clear();
+        c.insert_unless_dropped(2, by_kid("k", None), 0, now);
+        assert!(c.get(2, 0).is_none(), "clear counts as a drop too");
     }
 }

@@ -2,7 +2,7 @@
 //! background, refetched once (rate-limited) when a token names an unknown `kid` — the
 //! signing-key rotation case — and never emptied by a failed fetch: the last good set stays.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
@@ -20,6 +20,67 @@ pub const MIN_REFETCH: u64 = 30;
 const MAX_BYTES: u64 = 256 * 1024;
 /// Connect plus read budget of one fetch.
 const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What installing a fetched set changed, by key id. A key counts as replaced when its id
+/// stays but its material, algorithm or binding differs (an issuer may reuse a `kid`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyChanges {
+    /// Key ids new in the set.
+    pub added: Vec<String>,
+    /// Key ids still in the set whose key is different.
+    pub replaced: Vec<String>,
+    /// Key ids gone from the set.
+    pub removed: Vec<String>,
+}
+
+impl KeyChanges {
+    /// The changes from `old` to `new` (the first key of a duplicated id counts, as in the
+    /// trusted set).
+    pub fn between(old: &[TrustedKey], new: &[TrustedKey]) -> Self {
+        let by_kid = |keys: &[TrustedKey]| {
+            let mut m = BTreeMap::new();
+            for k in keys {
+                m.entry(k.kid.clone()).or_insert_with(|| k.clone());
+            }
+            m
+        };
+        let (old, new) = (by_kid(old), by_kid(new));
+        let mut c = Self::default();
+        for (kid, k) in &new {
+            match old.get(kid) {
+                None => c.added.push(kid.clone()),
+                Some(o) if !o.same_key(k) => c.replaced.push(kid.clone()),
+                Some(_) => {}
+            }
+        }
+        c.removed = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
+        c
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty()
+    }
+
+    /// Key ids whose earlier verifications no longer hold: replaced or removed.
+    pub fn stale(&self) -> impl Iterator<Item = &str> {
+        self.replaced
+            .iter()
+            .chain(&self.removed)
+            .map(String::as_str)
+    }
+
+    /// Adds `other`'s changes to these.
+    pub fn extend(&mut self, other: KeyChanges) {
+        self.added.extend(other.added);
+        self.replaced.extend(other.replaced);
+        self.removed.extend(other.removed);
+    }
+}
 
 /// One JWKS URL and what is known of it.
 pub struct RemoteJwks {
@@ -83,26 +144,21 @@ impl RemoteJwks {
         self.last_attempt = Some(now);
     }
 
-    /// Installs a fetch result; on failure the last good set is kept. Returns whether the
-    /// set of key ids changed.
-    pub fn install(&mut self, result: anyhow::Result<Vec<TrustedKey>>, now: u64) -> bool {
+    /// Installs a fetch result; on failure the last good set is kept. Returns what changed:
+    /// key material is compared, not only key ids.
+    pub fn install(&mut self, result: anyhow::Result<Vec<TrustedKey>>, now: u64) -> KeyChanges {
         match result {
             Ok(keys) => {
-                let kids = |k: &[TrustedKey]| {
-                    let mut v: Vec<String> = k.iter().map(|k| k.kid.clone()).collect();
-                    v.sort();
-                    v
-                };
-                let changed = kids(&keys) != kids(&self.keys);
+                let changes = KeyChanges::between(&self.keys, &keys);
                 self.keys = keys;
                 self.fetched_at = Some(now);
                 self.last_error = None;
-                changed
+                changes
             }
             Err(e) => {
                 log::warn!("JWKS {}: {e:#}; keeping the last good set", self.url());
                 self.last_error = Some(format!("{e:#}"));
-                false
+                KeyChanges::default()
             }
         }
     }

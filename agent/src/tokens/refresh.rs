@@ -37,6 +37,9 @@ pub struct Family {
     current: String,
     /// SHA-256 of retired refresh tokens, with when they were retired.
     retired: Vec<(String, u64)>,
+    /// Retired refresh tokens that already used their one rotation inside the grace window.
+    #[serde(default)]
+    graced: Vec<String>,
     /// Keyed hashes and expiries of access tokens issued in this family.
     pub access: Vec<(u64, u64)>,
 }
@@ -126,6 +129,7 @@ impl RefreshStore {
             expires_at: now.saturating_add(ttl),
             current: sha256_b64(&token),
             retired: Vec::new(),
+            graced: Vec::new(),
             access: Vec::new(),
         };
         self.by_token.insert(family.current.clone(), id.clone());
@@ -141,7 +145,10 @@ impl RefreshStore {
     }
 
     /// Presents a refresh token at `now`: rotates it, or detects reuse of a retired one.
-    /// Within `grace` seconds of its retirement a retired token still rotates (a lost response).
+    /// Within `grace` seconds of its retirement a retired token still rotates once (a lost
+    /// response); a second presentation is reuse. Callers that issue an access token for the
+    /// rotation record it with [`RefreshStore::record_access`] while still holding the store
+    /// (one critical section), so a concurrent reuse always finds it in the family.
     pub fn rotate(
         &mut self,
         refresh_token: &str,
@@ -159,12 +166,15 @@ impl RefreshStore {
             self.end(&id)?;
             return Ok(Rotation::Unknown);
         }
-        let live = family.current == presented
-            || family
+        // A retired token rotates once more inside the grace window (its response was lost),
+        // never twice.
+        let graced = family.current != presented
+            && !family.graced.contains(&presented)
+            && family
                 .retired
                 .iter()
                 .any(|(h, at)| *h == presented && grace > 0 && now.saturating_sub(*at) <= grace);
-        if !live {
+        if family.current != presented && !graced {
             let family = self.end(&id)?.context("family vanished")?;
             return Ok(Rotation::Reused {
                 family_id: id,
@@ -174,10 +184,14 @@ impl RefreshStore {
         let token = format!("{REFRESH_PREFIX}{}", random_b64(32)?);
         let new = sha256_b64(&token);
         let old = std::mem::replace(&mut family.current, new.clone());
+        if graced {
+            family.graced.push(presented);
+        }
         family.retired.retain(|(h, _)| *h != old);
         family.retired.push((old, now));
         if family.retired.len() > MAX_RETIRED {
             let (gone, _) = family.retired.remove(0);
+            family.graced.retain(|g| *g != gone);
             self.by_token.remove(&gone);
         }
         let family = family.clone();
@@ -269,6 +283,65 @@ impl RefreshStore {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.state.families.is_empty()
+    }
+}
+
+/// The refresh-token families as a component of the daemon. A renewal holds its lock from
+/// the rotation to the recording of the new access token ([`Sessions::transaction`]), so two
+/// parallel refreshes of one token are one rotation and one reuse.
+pub struct Sessions {
+    inner: std::sync::Mutex<RefreshStore>,
+}
+
+impl Sessions {
+    /// Owns `store` from now on.
+    pub fn new(store: RefreshStore) -> Self {
+        Self {
+            inner: std::sync::Mutex::new(store),
+        }
+    }
+
+    /// The store, locked for one renewal or session change: nothing else changes it until
+    /// the guard drops.
+    pub fn transaction(&self) -> std::sync::MutexGuard<'_, RefreshStore> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends a family; returns it.
+    pub fn end(&self, family_id: &str) -> anyhow::Result<Option<Family>> {
+        self.transaction().end(family_id)
+    }
+
+    /// Ends every family matching `pred`; returns them.
+    pub fn end_where(&self, pred: impl Fn(&Family) -> bool) -> anyhow::Result<Vec<Family>> {
+        self.transaction().end_where(pred)
+    }
+
+    /// Drops families past their refresh lifetime; returns how many.
+    pub fn purge_expired(&self, now: u64) -> anyhow::Result<usize> {
+        self.transaction().purge_expired(now)
+    }
+
+    /// Replaces the extra claims of `sub`.
+    pub fn set_claims(&self, sub: &str, claims: Value) -> anyhow::Result<()> {
+        self.transaction().set_claims(sub, claims)
+    }
+
+    /// The family id and owning client of a refresh token (live or retired).
+    pub fn owner(&self, refresh_token: &str) -> Option<(String, String)> {
+        self.transaction()
+            .family_of(refresh_token)
+            .map(|(id, f)| (id.to_string(), f.client_id.clone()))
+    }
+
+    /// Live families.
+    pub fn len(&self) -> usize {
+        self.transaction().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -143,7 +143,7 @@ mod tests {
         crate::tokens::ring_provider::install();
         for alg in [SigningAlg::Es256, SigningAlg::Es384, SigningAlg::EdDsa] {
             let key = alg.generate().unwrap();
-            let now = crate::until::now();
+            let now = crate::clock::now();
             let token = jsonwebtoken::encode(
                 &alg.header("k"),
                 &json!({ "iss": "i", "exp": now + 60 }),

@@ -16,7 +16,7 @@ pub struct ApiKey {
     pub name: String,
     sha256: String,
     /// Keyed hash (the kernel map key once revoked).
-    #[serde(with = "crate::store::hex_u64")]
+    #[serde(with = "crate::revocation::store::hex_u64")]
     pub hash: u64,
     /// Granted scopes.
     pub scopes: Vec<String>,

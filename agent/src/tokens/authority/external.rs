@@ -2,17 +2,74 @@
 //! (plan under the lock, fetch outside it, install under it again).
 
 use anyhow::bail;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{Authority, ExternalKey, KeySource, RemoteJwks};
+use crate::tokens::jwks::KeyChanges;
+
+/// Reply to `keys_add`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyAdded {
+    /// The source's id (its JWKS URL, or its first kid).
+    pub id: String,
+    /// The issuer it verifies.
+    pub issuer: String,
+    /// Key ids read from the source (none yet for a JWKS URL: fetched by the daemon).
+    #[serde(default)]
+    pub kids: Vec<String>,
+    /// The same source was already trusted: nothing changed.
+    #[serde(default)]
+    pub unchanged: bool,
+}
+
+/// One trusted key or key source in `keys_list`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// `own`, `pem`, `jwk` or `jwks_url`.
+    pub source: String,
+    /// The issuer whose tokens it verifies.
+    pub issuer: String,
+    /// Key id (not for a JWKS URL, which lists `kids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// Own keys: `active`, `grace` or `retired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Own keys: unix seconds created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<u64>,
+    /// Own keys: unix seconds retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<u64>,
+    /// JWKS URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// JWKS URL: the key ids of the last good fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kids: Option<Vec<String>>,
+    /// JWKS URL: unix seconds of the last good fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<u64>,
+    /// JWKS URL: the last fetch error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
 
 impl Authority {
     /// Trusts an external issuer's key source (persisted). PEM and JWK sources are parsed
     /// now, so a bad key is refused here; a JWKS URL is fetched by the refresh cycle.
-    pub fn add_external(&mut self, ext: ExternalKey) -> anyhow::Result<Value> {
+    pub fn add_external(&mut self, ext: ExternalKey) -> anyhow::Result<KeyAdded> {
         if self.state.external.contains(&ext) {
             // Applying the same config twice changes nothing.
-            return Ok(json!({ "id": ext.id()?, "issuer": ext.issuer, "unchanged": true }));
+            return Ok(KeyAdded {
+                id: ext.id()?,
+                issuer: ext.issuer.clone(),
+                kids: Vec::new(),
+                unchanged: true,
+            });
         }
         if ext.issuer.is_empty() {
             bail!("--issuer is required: a key verifies the tokens of one issuer only");
@@ -39,7 +96,12 @@ impl Authority {
         self.state.external.push(ext.clone());
         self.save()?;
         self.rebuild_keyset()?;
-        Ok(json!({ "id": ext.id()?, "issuer": ext.issuer, "kids": kids }))
+        Ok(KeyAdded {
+            id: ext.id()?,
+            issuer: ext.issuer.clone(),
+            kids,
+            unchanged: false,
+        })
     }
 
     /// Stops trusting an external source, named by its JWKS URL or one of its key ids.
@@ -79,45 +141,64 @@ impl Authority {
     }
 
     /// Every trusted key: this host's own, configured external ones, and remote sets.
-    pub fn keys_list(&self) -> anyhow::Result<Value> {
+    pub fn keys_list(&self) -> anyhow::Result<Vec<KeyInfo>> {
         let active = self.active_kid()?;
-        let mut out: Vec<Value> = self
+        let own = |kid: &str| KeyInfo {
+            source: "own".into(),
+            issuer: self.settings.issuer.clone(),
+            kid: Some(kid.to_string()),
+            ..KeyInfo::default()
+        };
+        let mut out: Vec<KeyInfo> = self
             .state
             .keys
             .iter()
-            .map(|k| {
-                json!({
-                    "kid": k.kid, "alg": format!("{:?}", k.alg.jwt()), "issuer": self.settings.issuer,
-                    "source": "own", "state": if k.kid == active { "active" } else { "grace" },
-                    "created_at": k.created_at, "retired_at": k.retired_at,
-                })
+            .map(|k| KeyInfo {
+                alg: Some(format!("{:?}", k.alg.jwt())),
+                state: Some(if k.kid == active { "active" } else { "grace" }.into()),
+                created_at: Some(k.created_at),
+                retired_at: k.retired_at,
+                ..own(&k.kid)
             })
             .collect();
-        out.extend(self.state.retired.iter().map(|r| {
-            json!({ "kid": r.kid, "issuer": self.settings.issuer, "source": "own", "state": "retired", "retired_at": r.at })
+        out.extend(self.state.retired.iter().map(|r| KeyInfo {
+            state: Some("retired".into()),
+            retired_at: Some(r.at),
+            ..own(&r.kid)
         }));
         for e in &self.state.external {
             match &e.source {
                 KeySource::JwksUrl { url } => {
                     let r = self.remote.iter().find(|r| r.url() == url);
-                    out.push(json!({
-                        "url": url, "issuer": e.issuer, "source": "jwks_url",
-                        "kids": r.map(|r| r.keys().iter().map(|k| k.kid.clone()).collect::<Vec<_>>()),
-                        "fetched_at": r.and_then(RemoteJwks::fetched_at),
-                        "last_error": r.and_then(|r| r.last_error.clone()),
-                    }));
+                    out.push(KeyInfo {
+                        source: "jwks_url".into(),
+                        issuer: e.issuer.clone(),
+                        url: Some(url.clone()),
+                        kids: r.map(|r| r.keys().iter().map(|k| k.kid.clone()).collect()),
+                        fetched_at: r.and_then(RemoteJwks::fetched_at),
+                        last_error: r.and_then(|r| r.last_error.clone()),
+                        ..KeyInfo::default()
+                    });
                 }
                 KeySource::Pem { .. } | KeySource::Jwk { .. } => {
                     for k in e.keys()? {
-                        out.push(json!({
-                            "kid": k.kid, "alg": format!("{:?}", k.alg), "issuer": e.issuer,
-                            "source": if matches!(e.source, KeySource::Pem { .. }) { "pem" } else { "jwk" },
-                        }));
+                        let source = if matches!(e.source, KeySource::Pem { .. }) {
+                            "pem"
+                        } else {
+                            "jwk"
+                        };
+                        out.push(KeyInfo {
+                            source: source.into(),
+                            issuer: e.issuer.clone(),
+                            kid: Some(k.kid),
+                            alg: Some(format!("{:?}", k.alg)),
+                            ..KeyInfo::default()
+                        });
                     }
                 }
             }
         }
-        Ok(Value::Array(out))
+        Ok(out)
     }
 
     /// Remote sources to fetch now: those due a refresh, or (for an unknown `kid` in a token
@@ -140,20 +221,21 @@ impl Authority {
             .collect()
     }
 
-    /// Installs a fetch result; returns whether the trusted key ids changed.
+    /// Installs a fetch result and, when any key was added, replaced (new material under an
+    /// old `kid`) or removed, rebuilds the trusted set. Returns what changed.
     pub fn install_jwks(
         &mut self,
         url: &str,
         result: anyhow::Result<Vec<super::TrustedKey>>,
         now: u64,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<KeyChanges> {
         let Some(r) = self.remote.iter_mut().find(|r| r.url() == url) else {
-            return Ok(false); // removed meanwhile
+            return Ok(KeyChanges::default()); // removed meanwhile
         };
-        let changed = r.install(result, now);
-        if changed {
+        let changes = r.install(result, now);
+        if !changes.is_empty() {
             self.rebuild_keyset()?;
         }
-        Ok(changed)
+        Ok(changes)
     }
 }

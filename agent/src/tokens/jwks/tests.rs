@@ -49,23 +49,60 @@ impl JwksServer {
     }
 }
 
-fn jwks(kids: &[&str]) -> String {
-    let d = {
-        let pem = include_str!("../testdata/p256.pub.pem");
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .unwrap()
-    };
-    let p = &d[d.len() - 64..];
-    let keys: Vec<_> = kids
+/// The test key's public point (x || y).
+fn testdata_point() -> Vec<u8> {
+    let pem = include_str!("../testdata/p256.pub.pem");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let d = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    d[d.len() - 64..].to_vec()
+}
+
+/// A JWKS of P-256 keys: (kid, public point x || y).
+fn jwks_of(keys: &[(&str, &[u8])]) -> String {
+    let keys: Vec<_> = keys
         .iter()
-        .map(|k| {
+        .map(|(k, p)| {
             json!({ "kty": "EC", "crv": "P-256", "kid": k, "use": "sig",
                          "x": B64.encode(&p[..32]), "y": B64.encode(&p[32..]) })
         })
         .collect();
     json!({ "keys": keys }).to_string()
+}
+
+fn jwks(kids: &[&str]) -> String {
+    let p = testdata_point();
+    let keys: Vec<(&str, &[u8])> = kids.iter().map(|k| (*k, p.as_slice())).collect();
+    jwks_of(&keys)
+}
+
+/// A fresh P-256 key: (PKCS#8 DER, public point x || y).
+fn fresh_p256() -> (Vec<u8>, Vec<u8>) {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING as ALG, EcdsaKeyPair, KeyPair as _};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ALG, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ALG, pkcs8.as_ref(), &rng).unwrap();
+    (
+        pkcs8.as_ref().to_vec(),
+        pair.public_key().as_ref()[1..].to_vec(),
+    )
+}
+
+/// A token of `https://idp.example` under `kid`, signed with `key`.
+fn token(kid: &str, key: &jsonwebtoken::EncodingKey, now: u64) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(kid.into());
+    let claims = json!({ "iss": "https://idp.example", "sub": "s", "exp": now + 600 });
+    jsonwebtoken::encode(&h, &claims, key).unwrap()
+}
+
+fn key_set(r: &RemoteJwks) -> crate::tokens::validate::KeySet {
+    let mut ks = crate::tokens::validate::KeySet::default();
+    for k in r.keys() {
+        ks.insert(k.clone());
+    }
+    ks
 }
 
 fn source(url: &str) -> ExternalKey {
@@ -91,7 +128,7 @@ fn a_fetch_installs_the_set_and_a_rotation_is_seen_on_refetch() {
     let mut r = RemoteJwks::new(source(&server.url), MIN_REFETCH);
     assert!(r.due(1000) && r.may_fetch(1000));
     r.mark_attempt(1000);
-    assert!(r.install(fetch(&r.source), 1000));
+    assert_eq!(r.install(fetch(&r.source), 1000).added, ["k1"]);
     assert_eq!(kids(&r), ["k1"]);
     assert_eq!(r.keys()[0].alg, jsonwebtoken::Algorithm::ES256);
     server.set(200, jwks(&["k1", "k2"]));
@@ -101,7 +138,14 @@ fn a_fetch_installs_the_set_and_a_rotation_is_seen_on_refetch() {
     );
     assert!(r.may_fetch(1000 + MIN_REFETCH));
     r.mark_attempt(1000 + MIN_REFETCH);
-    assert!(r.install(fetch(&r.source), 1000 + MIN_REFETCH));
+    let changes = r.install(fetch(&r.source), 1000 + MIN_REFETCH);
+    assert_eq!(
+        changes,
+        KeyChanges {
+            added: vec!["k2".into()],
+            ..Default::default()
+        }
+    );
     assert_eq!(kids(&r), ["k1", "k2"]);
     assert_eq!(server.hits.load(Ordering::SeqCst), 2);
 }
@@ -119,7 +163,7 @@ fn a_failed_fetch_keeps_the_last_good_set() {
         server.set(status, body);
         let result = fetch(&r.source);
         assert!(result.is_err());
-        assert!(!r.install(result, 20));
+        assert!(r.install(result, 20).is_empty());
         assert_eq!(kids(&r), ["k1"], "the last good set is kept");
         assert!(r.last_error.is_some());
     }
@@ -142,4 +186,68 @@ fn an_unreachable_url_is_an_error_not_a_hang() {
     let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
     drop(listener);
     assert!(fetch(&source(&url)).is_err());
+}
+
+#[test]
+fn new_material_under_an_old_kid_is_installed_and_reported_replaced() {
+    crate::tokens::ring_provider::install();
+    let now = crate::clock::now();
+    let old_key =
+        jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("../testdata/p256.key.pem")).unwrap();
+    let (new_pkcs8, new_point) = fresh_p256();
+    let new_key = jsonwebtoken::EncodingKey::from_ec_der(&new_pkcs8);
+    let policy = crate::tokens::validate::Policy::default();
+    let check =
+        |r: &RemoteJwks, t: &str| crate::tokens::validate::validate(t, &key_set(r), &policy, now);
+
+    let server = JwksServer::start(jwks(&["rot", "steady"]));
+    let mut r = RemoteJwks::new(source(&server.url), MIN_REFETCH);
+    r.install(fetch(&r.source), 10);
+    assert!(check(&r, &token("rot", &old_key, now)).is_ok());
+
+    // The issuer replaces the key behind `rot`; `steady` stays as it was.
+    let old_point = testdata_point();
+    server.set(200, jwks_of(&[("rot", &new_point), ("steady", &old_point)]));
+    let changes = r.install(fetch(&r.source), 10 + MIN_REFETCH);
+    assert_eq!(
+        changes,
+        KeyChanges {
+            replaced: vec!["rot".into()],
+            ..Default::default()
+        },
+        "the same kids, but one key is new"
+    );
+    assert_eq!(changes.stale().collect::<Vec<_>>(), ["rot"]);
+    assert!(check(&r, &token("rot", &new_key, now)).is_ok());
+    assert_eq!(
+        check(&r, &token("rot", &old_key, now)).unwrap_err(),
+        crate::tokens::validate::Rejection::BadSignature,
+        "the old key no longer verifies"
+    );
+    // The same document again changes nothing.
+    assert!(r.install(fetch(&r.source), 10 + 2 * MIN_REFETCH).is_empty());
+    // A removed kid is stale too.
+    server.set(200, jwks_of(&[("rot", &new_point)]));
+    let changes = r.install(fetch(&r.source), 10 + 3 * MIN_REFETCH);
+    assert_eq!(changes.removed, ["steady"]);
+    assert_eq!(changes.stale().collect::<Vec<_>>(), ["steady"]);
+}
+
+#[test]
+fn same_key_compares_material_and_algorithm_not_only_the_kid() {
+    crate::tokens::ring_provider::install();
+    let (_, other) = fresh_p256();
+    let parse = |doc: String| {
+        source("http://unused")
+            .doc_keys(&serde_json::from_str(&doc).unwrap(), None)
+            .unwrap()
+            .remove(0)
+    };
+    let a = parse(jwks(&["k"]));
+    assert!(a.same_key(&parse(jwks(&["k"]))));
+    assert!(!a.same_key(&parse(jwks_of(&[("k", &other)]))));
+    assert!(!a.same_key(&parse(jwks(&["k2"]))));
+    let mut es384 = a.clone();
+    es384.alg = jsonwebtoken::Algorithm::ES384;
+    assert!(!a.same_key(&es384));
 }

@@ -41,7 +41,7 @@ fn token(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
     crate::tokens::ring_provider::install();
     let mut h = Header::new(alg);
     h.kid = kid.map(str::to_string);
-    let now = crate::until::now();
+    let now = crate::clock::now();
     jsonwebtoken::encode(&h, &json!({ "iss": ISS, "sub": "u", "exp": now + 60 }), key).unwrap()
 }
 
@@ -61,7 +61,7 @@ fn check(keys: Vec<TrustedKey>, token: &str) -> Result<(), Rejection> {
     for k in keys {
         set.insert(k);
     }
-    validate(token, &set, &Policy::default(), crate::until::now()).map(|_| ())
+    validate(token, &set, &Policy::default(), crate::clock::now()).map(|_| ())
 }
 
 #[test]

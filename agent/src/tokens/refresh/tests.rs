@@ -63,6 +63,19 @@ fn a_retired_token_rotates_within_the_grace_window_only() {
 }
 
 #[test]
+fn the_grace_window_allows_exactly_one_extra_rotation() {
+    let (_d, mut s) = store();
+    let (_, first) = s.create("bob", "login", vec![], 100, 3600).unwrap();
+    let (_, _, _second) = rotated(s.rotate(&first, 200, 60).unwrap());
+    let (_, _, _third) = rotated(s.rotate(&first, 201, 60).unwrap());
+    // Still inside the window, but `first` has had its one extra rotation: reuse.
+    assert!(matches!(
+        s.rotate(&first, 202, 60).unwrap(),
+        Rotation::Reused { .. }
+    ));
+}
+
+#[test]
 fn expired_and_unknown_tokens_rotate_to_nothing() {
     let (_d, mut s) = store();
     let (_, t) = s.create("carol", "login", vec![], 100, 50).unwrap();
