@@ -3,7 +3,7 @@
 
 use agent_common::{
     SCAN_BUF_LEN,
-    config::{Action, Config},
+    config::{Action, Config, tchar_bit},
     counters::{COUNTER_SLOTS, Counter, IFACE_SLOT_ENTRIES, IFACE_SLOTS},
     event::{HIT_PASSED_TO_STACK, HitEvent, SOCKET_ESTABLISHED, SOCKET_NONE},
     flow::FlowKey,
@@ -14,7 +14,7 @@ use aya_log_ebpf::debug;
 use crate::{
     CONFIG, COUNTERS, EVENTS, IFACE_SLOT, SCRATCH,
     flows::{self, Position},
-    packet::{Flow, Packet, TCP_RST, TCP_SYN, parse, socket_state},
+    packet::{self, Flow, Packet, TCP_RST, TCP_SYN, parse, socket_state},
     reset::{reply_reset, rewrite_to_reset},
     scan::{END_BODY, END_UNSYNCED, Scratch, scan},
 };
@@ -294,14 +294,24 @@ fn before_scan<P: Packet>(pkt: &P) -> Option<(u32, u32)> {
         }
         Position::At { skip, known } => (skip, known),
     };
+    // Most segments that are not requests (TLS, bodies of flows started before the programs
+    // were) are told by their first byte: neither an empty line nor a method.
+    if skip == 0
+        && !known
+        && let Some(b) = packet::first_byte(pkt, flow.payload)
+        && b != b'\r'
+        && b != b'\n'
+        && !tchar_bit(b)
+    {
+        return None;
+    }
     let sp = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; the program runs to completion on one CPU.
     let s = unsafe { &mut *sp };
     s.meter_base = m.base;
     s.meter_on = u32::from(m.on);
-    // SAFETY: a helper without arguments.
-    let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    s.now = boot_ns.wrapping_add(cfg.clock_offset_ns) / 1_000_000_000;
+    // Read on the first lookup of an entry that can expire.
+    s.now = 0;
     s.stream_seq = stream_seq;
     s.skip = skip;
     s.known = u32::from(known);
@@ -316,6 +326,10 @@ fn after_scan<P: Packet>(pkt: &P) -> Verdict {
     };
     // SAFETY: this CPU's scratch slot; the program runs to completion on one CPU.
     let s = unsafe { &mut *sp };
+    if s.hit == 0 && s.known == 0 && s.end != END_BODY && s.end != END_UNSYNCED {
+        // A request boundary and nothing remembered: nothing to do.
+        return Verdict::Pass;
+    }
     let Some(flow) = parse(pkt) else {
         return Verdict::Pass;
     };

@@ -210,6 +210,14 @@ pub(crate) fn byte<P: Packet>(pkt: &P, off: usize) -> Option<u8> {
     ptr_at::<u8, P>(pkt, off).map(|p| unsafe { *p })
 }
 
+/// The byte at `off` when the eight bytes from there are directly readable (checking eight
+/// keeps LLVM from turning the bound into a form the verifier does not follow).
+#[inline(always)]
+pub(crate) fn first_byte<P: Packet>(pkt: &P, off: usize) -> Option<u8> {
+    // SAFETY: ptr_at checked the eight bytes against data_end.
+    ptr_at::<[u8; 8], P>(pkt, off).map(|p| unsafe { (*p)[0] })
+}
+
 /// A `u32` of the packet, as on the wire.
 #[inline(always)]
 pub(crate) fn word<P: Packet>(pkt: &P, off: usize) -> Option<u32> {

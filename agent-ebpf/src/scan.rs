@@ -23,7 +23,10 @@ use core::{ffi::c_void, ptr::null_mut};
 
 use crate::{
     CONFIG, COUNTERS, OPAQUE_OFFSET, SCRATCH,
-    swar::{Cursor, byte, tw_find_control, tw_find_newline, tw_skip_crlf, tw_skip_ows},
+    swar::{
+        Cursor, byte, controls, find_near, newlines, tw_find_control, tw_find_newline,
+        tw_skip_crlf, tw_skip_ows,
+    },
     token,
 };
 
@@ -87,10 +90,14 @@ pub struct Scratch {
     pub hit_kind: u32,
     /// Hash that hit.
     pub hit_hash: u64,
-    /// Output of `tw_hash`: the key hash of the current token.
+    /// Output of `tw_hash_token`: the key hash of the current token.
     pub key_hash: u64,
-    /// Output of `tw_hash`: the header-segment hash of the current token.
+    /// Output of `tw_hash_token`: the header-segment hash of the current token.
     pub header_hash: u64,
+    /// Output of `tw_hash_token`: which of the two it wrote.
+    pub hashed: u32,
+    /// Reserved.
+    pub _pad1: u32,
     /// Unix seconds, for expiry checks.
     pub now: u64,
     /// Sequence number of the segment's first payload byte.
@@ -245,6 +252,20 @@ fn version_tail(s: &Scratch, m: u32, e: u32) -> Option<bool> {
     )
 }
 
+/// `" HTTP/1.0"` or `" HTTP/1.1"` as one masked comparison of the nine bytes before `e`.
+const HTTP_1X: u64 = u64::from_le_bytes(*b"HTTP/1.0");
+/// The minor version's bit that tells `0` from `1`.
+const HTTP_1X_MINOR: u64 = 1 << 56;
+
+/// Whether the request line `..e` ends in ` HTTP/1.0` or ` HTTP/1.1` after the method's space
+/// at `m`: the common case, which `tw_version_tail` (the general rule) also accepts.
+#[inline(always)]
+fn common_version(s: &Scratch, m: u32, e: u32) -> bool {
+    e >= m + 10
+        && (Cursor::new(s, e - 8).next(s) | HTTP_1X_MINOR) == HTTP_1X | HTTP_1X_MINOR
+        && byte(s, e - 9) == b' '
+}
+
 /// Between requests: skip empty lines, then accept a request line or stop.
 #[inline(always)]
 fn start_step(s: &mut Scratch) -> i64 {
@@ -252,7 +273,10 @@ fn start_step(s: &mut Scratch) -> i64 {
     if len > SCAN_BUF_LEN as u32 {
         return s.stop(END_UNSYNCED);
     }
-    let p = tw_skip_crlf(s.pos, len);
+    let mut p = s.pos;
+    if p < len && matches!(byte(s, p), b'\r' | b'\n') {
+        p = tw_skip_crlf(p, len);
+    }
     if p >= len {
         let end = if s.requests == 0 {
             END_NOT_REQUEST
@@ -269,25 +293,19 @@ fn start_step(s: &mut Scratch) -> i64 {
     if !tchar_bit(byte(s, p)) {
         return s.invalid();
     }
-    let Some(p) = launder(p) else {
-        return s.stop(END_UNSYNCED);
-    };
-    let m = tw_find_control(p, len);
+    let m = find_near(s, p, len, controls, tw_find_control);
     if m >= len {
         return s.stop(END_UNSYNCED);
     }
     if byte(s, m) != b' ' {
         return s.invalid();
     }
-    let Some(m) = launder(m) else {
-        return s.stop(END_UNSYNCED);
-    };
-    let nl = tw_find_newline(m, len);
+    let nl = find_near(s, m, len, newlines, tw_find_newline);
     if nl >= len || nl <= m {
         return s.stop(END_UNSYNCED);
     }
     let e = if byte(s, nl - 1) == b'\r' { nl - 1 } else { nl };
-    if tw_version_tail(m, e) == 0 {
+    if !common_version(s, m, e) && tw_version_tail(m, e) == 0 {
         return s.invalid();
     }
     s.requests += 1;
@@ -303,10 +321,7 @@ fn start_step(s: &mut Scratch) -> i64 {
 /// Moves to the line after the LF at or after `from`; stops (unsynced) when there is none.
 #[inline(always)]
 fn next_line(s: &mut Scratch, from: u32) -> i64 {
-    let Some(from) = launder(from) else {
-        return s.stop(END_UNSYNCED);
-    };
-    let nl = tw_find_newline(from, s.len);
+    let nl = find_near(s, from, s.len, newlines, tw_find_newline);
     if nl >= s.len {
         return s.stop(END_UNSYNCED);
     }
@@ -423,10 +438,14 @@ fn header_step(s: &mut Scratch, needles: &[HeaderNeedle; 2]) -> i64 {
             s.state = STATE_TOKEN;
             return 0;
         }
-    } else if line_matches(&CONTENT_LENGTH, p, len, w) {
-        content_length(s, p + CONTENT_LENGTH.len);
-    } else if line_matches(&TRANSFER_ENCODING, p, len, w) {
-        s.framing |= FRAMING_LOST;
+    } else {
+        // Most header names start with neither letter: two comparisons saved per line.
+        let first = (w[0] as u8) | 0x20;
+        if first == b'c' && line_matches(&CONTENT_LENGTH, p, len, w) {
+            content_length(s, p + CONTENT_LENGTH.len);
+        } else if first == b't' && line_matches(&TRANSFER_ENCODING, p, len, w) {
+            s.framing |= FRAMING_LOST;
+        }
     }
     next_line(s, p)
 }
