@@ -1,7 +1,8 @@
 //! Clients that control what goes on the wire (python3 in the client namespace): a request in
 //! exactly two segments, a request that completes the TCP handshake (the client delays its
-//! final ACK until it has data, TCP_DEFER_ACCEPT on the connecting socket), segments with a
-//! forged source address; and the upload sink nginx proxies `/upload` to.
+//! final ACK until it has data, TCP_DEFER_ACCEPT on the connecting socket), a request in the
+//! SYN (TCP Fast Open), segments with a forged source address; and the upload sink nginx
+//! proxies `/upload` to.
 
 use std::{
     io::Write as _,
@@ -100,6 +101,23 @@ impl Testbed {
         outcome(&self.python_in(self.client_ns(), &script, payload).stdout)
     }
 
+    /// Sends `payload` in the SYN (TCP Fast Open, `MSG_FASTOPEN`; the namespaces' sysctls must
+    /// allow it without a cookie) and returns what came back within `wait`.
+    pub fn fast_open_request(&self, port: u16, payload: &[u8], wait: Duration) -> Outcome {
+        let script = format!(
+            "import socket,sys\n\
+             d=sys.stdin.buffer.read()\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_STREAM)\n\
+             s.settimeout({t})\n\
+             try:\n\
+             \x20 s.sendto(d,socket.MSG_FASTOPEN,('{SERVER_IP4}',{port}))\n\
+             except ConnectionRefusedError: print('RESET'); sys.exit(0)\n\
+             except ConnectionResetError: print('RESET'); sys.exit(0)\n{READ_RESPONSE}",
+            t = wait.as_secs_f64()
+        );
+        outcome(&self.python_in(self.client_ns(), &script, payload).stdout)
+    }
+
     /// Sends one TCP segment (PSH|ACK, arbitrary sequence numbers) carrying `payload` to the
     /// server from the forged address `src`, with no connection behind it.
     pub fn forged_segment(&self, src: &str, port: u16, payload: &[u8]) {
@@ -165,6 +183,11 @@ impl Testbed {
     /// Runs a command in the server namespace (e.g. `sysctl`), failing on error.
     pub fn in_server(&self, argv: &[&str]) -> anyhow::Result<std::process::Output> {
         self.run_in(self.server_ns(), argv)
+    }
+
+    /// Runs a command in the client namespace, failing on error.
+    pub fn in_client(&self, argv: &[&str]) -> anyhow::Result<std::process::Output> {
+        self.run_in(self.client_ns(), argv)
     }
 }
 

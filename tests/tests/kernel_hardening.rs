@@ -177,6 +177,43 @@ fn a_request_that_completes_the_handshake_never_reaches_nginx() {
     }
 }
 
+/// Item 2: a request carried in the SYN (TCP Fast Open) is scanned like any first segment:
+/// with a revoked token it never reaches nginx, under `drop` (XDP) and `reset` (TC).
+#[test]
+fn a_request_in_the_syn_is_judged() {
+    for (hook, action) in [("xdp", "drop"), ("tc", "reset")] {
+        let (tb, nginx, _d) = setup(hook, action, &[]);
+        // Fast Open without cookies: the client puts data in its SYN, the server takes it.
+        tb.in_client(&["sysctl", "-qw", "net.ipv4.tcp_fastopen=5"])
+            .unwrap();
+        tb.in_server(&["sysctl", "-qw", "net.ipv4.tcp_fastopen=1538"])
+            .unwrap();
+        let what = format!("{hook} {action}");
+        let (good, bad) = ("tw-tfo-good-0123456789", "tw-tfo-bad-01234567890");
+        tb.revoke(bad).unwrap();
+        let req = |path: &str, t: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n")
+        };
+        assert_eq!(
+            tb.fast_open_request(PORT, req("/tfo-good", good).as_bytes(), LONG),
+            Outcome::Response(OK.into()),
+            "{what}"
+        );
+        assert!(
+            tb.counter("syn_data") >= 1,
+            "{what}: the request was in the SYN"
+        );
+        let got = tb.fast_open_request(PORT, req("/tfo-bad", bad).as_bytes(), SHORT);
+        assert_ne!(got, Outcome::Response(OK.into()), "{what}");
+        assert!(nginx.saw_path("/tfo-good"), "{what}");
+        assert!(
+            nginx.never_saw("/tfo-bad"),
+            "{what}: the request reached nginx"
+        );
+        assert!(tb.counter("revoked_hits") >= 1, "{what}");
+    }
+}
+
 /// Item 3: an upload with a valid token whose second segment starts like a request carrying a
 /// revoked token is body, not a request: it is served whole, under `drop` (XDP) and `reset`
 /// (TC).
