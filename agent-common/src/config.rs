@@ -70,31 +70,42 @@ impl HeaderNeedle {
         if name.len() > MAX_HEADER_NAME {
             return Err(NeedleError::TooLong);
         }
-        let mut bytes = [0u8; 32];
-        let mut fold = [0u8; 32];
-        let mut keep = [0u8; 32];
-        for (i, &b) in name.iter().enumerate() {
-            if !is_tchar(b) {
-                return Err(NeedleError::BadByte(b));
-            }
-            bytes[i] = b.to_ascii_lowercase();
-            fold[i] = if b.is_ascii_alphabetic() { 0x20 } else { 0 };
-            keep[i] = 0xff;
+        if let Some(&b) = name.iter().find(|&&b| !is_tchar(b)) {
+            return Err(NeedleError::BadByte(b));
         }
-        bytes[name.len()] = b':';
-        keep[name.len()] = 0xff;
-        let word = |a: &[u8; 32], i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&a[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(w)
-        };
-        Ok(Self {
-            words: core::array::from_fn(|i| word(&bytes, i)),
-            fold: core::array::from_fn(|i| word(&fold, i)),
-            keep: core::array::from_fn(|i| word(&keep, i)),
+        Ok(Self::of(name, kind))
+    }
+
+    /// The needle for a name already known to be valid (a non-empty `tchar` string of at most
+    /// [`MAX_HEADER_NAME`] bytes); usable in constants.
+    pub const fn of(name: &[u8], kind: u32) -> Self {
+        let mut words = [0u64; 4];
+        let mut fold = [0u64; 4];
+        let mut keep = [0u64; 4];
+        let mut i = 0;
+        while i <= name.len() {
+            let (b, f) = if i < name.len() {
+                let b = name[i];
+                (
+                    b.to_ascii_lowercase(),
+                    if b.is_ascii_alphabetic() { 0x20 } else { 0 },
+                )
+            } else {
+                (b':', 0)
+            };
+            let shift = (i % 8) * 8;
+            words[i / 8] |= (b as u64) << shift;
+            fold[i / 8] |= (f as u64) << shift;
+            keep[i / 8] |= 0xff << shift;
+            i += 1;
+        }
+        Self {
+            words,
+            fold,
+            keep,
             len: name.len() as u32 + 1,
             kind,
-        })
+        }
     }
 
     /// Whether the needle matches the four words loaded at a line start.
@@ -166,10 +177,38 @@ pub const BEARER_WORD: u64 = u64::from_le_bytes(*b"bearer \0");
 pub const BEARER_FOLD: u64 = 0x0000_2020_2020_2020;
 /// The seven bytes the scheme prefix covers.
 pub const BEARER_KEEP: u64 = 0x00ff_ffff_ffff_ffff;
-/// Most optional-whitespace bytes skipped before a header value or a token.
-pub const MAX_OWS: u32 = 16;
-/// Most header lines the kernel examines per request.
+/// Most lines (request lines, header lines and the blank lines ending headers, over every
+/// request in the segment) the kernel examines per segment; past them it loses the framing.
 pub const MAX_LINES: u32 = 128;
+/// Steps of the kernel's line loop: a line or a token each, plus the last step that sees the
+/// end of the buffer. Never the binding limit (lines are).
+pub const MAX_STEPS: u32 = 2 * MAX_LINES + 2;
+/// Longest body (`Content-Length`) the kernel follows through sequence space; a larger one
+/// loses the framing (fail open).
+pub const MAX_BODY: u64 = 1 << 30;
+/// Most digits of a `Content-Length` value the kernel reads (leading zeros included).
+pub const MAX_LENGTH_DIGITS: usize = 24;
+/// Bytes from the end of a request line the kernel reads backward to check its
+/// `HTTP/<digits>.<digits>` version; a line whose trailing spaces or digits run longer is
+/// taken as a request (the kernel errs toward judging).
+pub const MAX_VERSION_TAIL: usize = 64;
+/// Internal needle kind: `Content-Length`.
+pub const NEEDLE_CONTENT_LENGTH: u32 = 3;
+/// Internal needle kind: `Transfer-Encoding`.
+pub const NEEDLE_TRANSFER_ENCODING: u32 = 4;
+/// `Content-Length:`, case-insensitively.
+pub const CONTENT_LENGTH: HeaderNeedle = HeaderNeedle::of(b"Content-Length", NEEDLE_CONTENT_LENGTH);
+/// `Transfer-Encoding:`, case-insensitively.
+pub const TRANSFER_ENCODING: HeaderNeedle =
+    HeaderNeedle::of(b"Transfer-Encoding", NEEDLE_TRANSFER_ENCODING);
+
+/// Whether a token's first two bytes open a JOSE header (`ey` or `ew`: the base64url of `{`
+/// followed by `"` or JSON whitespace), so that its revocation is keyed on its signing input
+/// (`crate::hash::revocation_key_len`).
+#[inline(always)]
+pub const fn opens_jws(first: u8, second: u8) -> bool {
+    first == b'e' && (second == b'y' || second == b'w')
+}
 
 /// Configuration shared with the kernel program.
 #[repr(C)]

@@ -31,10 +31,23 @@ pub enum Counter {
     /// Hits counted but not sent as events: the CPU's event budget for the window was spent
     /// (see [`crate::event::EVENTS_PER_WINDOW`]).
     EventsSuppressed = 12,
+    /// Flows whose framing the kernel lost (request headers not complete in one segment, a
+    /// chunked or unparsable body, a request past the scan buffer or the line budget): their
+    /// later segments pass unjudged (fail open) until the connection is reopened.
+    Unsynced = 13,
+    /// Segments passed unjudged because their flow's framing was lost.
+    Unjudged = 14,
+    /// Segments passed as the body of a request seen in an earlier segment.
+    BodySegments = 15,
+    /// `reset` hits with no connection but a socket that would create one (listener, request
+    /// socket, TIME-WAIT): the segment was dropped and a RST sent back to the client.
+    ResetSent = 16,
+    /// SYN segments carrying data (TCP Fast Open) that were scanned.
+    SynData = 17,
 }
 
 /// Counter slots per interface.
-pub const COUNTER_SLOTS: u32 = 16;
+pub const COUNTER_SLOTS: u32 = 32;
 /// Interface slots: 0 collects interfaces without a slot of their own, 1.. are assigned to
 /// attached interfaces by the agent. `COUNTERS` holds `IFACE_SLOTS * COUNTER_SLOTS` values,
 /// indexed `slot * COUNTER_SLOTS + counter`.
@@ -46,7 +59,7 @@ pub const IFACE_SLOT_ENTRIES: u32 = 1024;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 18] = [
         Counter::Packets,
         Counter::HttpRequests,
         Counter::BearerTokens,
@@ -60,6 +73,11 @@ impl Counter {
         Counter::ResetNoSocket,
         Counter::RevokedKeyHits,
         Counter::EventsSuppressed,
+        Counter::Unsynced,
+        Counter::Unjudged,
+        Counter::BodySegments,
+        Counter::ResetSent,
+        Counter::SynData,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -78,6 +96,11 @@ impl Counter {
             Counter::ResetNoSocket => "reset_no_socket",
             Counter::RevokedKeyHits => "revoked_key_hits",
             Counter::EventsSuppressed => "events_suppressed",
+            Counter::Unsynced => "unsynced",
+            Counter::Unjudged => "unjudged",
+            Counter::BodySegments => "body_segments",
+            Counter::ResetSent => "reset_sent",
+            Counter::SynData => "syn_data",
         }
     }
 }

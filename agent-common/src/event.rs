@@ -26,6 +26,10 @@ pub struct HitEvent {
     pub saddr: [u8; 16],
     /// Destination address (IPv4 in the first four bytes).
     pub daddr: [u8; 16],
+    /// What the local stack had for the 4-tuple: a `SOCKET_*` value (0: not looked up).
+    pub socket: u32,
+    /// Zero.
+    pub _reserved: u32,
 }
 
 /// The whole token's hash matched.
@@ -40,6 +44,24 @@ pub const MATCH_HEADER_SEGMENT: u16 = 2;
 pub const EVENTS_PER_WINDOW: u32 = 64;
 /// Log2 of the event window in nanoseconds.
 pub const EVENT_WINDOW_SHIFT: u32 = 20;
+
+/// The local stack had no socket at all for the hit's 4-tuple (a spoofed source, or a
+/// connection already gone).
+pub const SOCKET_NONE: u32 = 1;
+/// A connection (a full socket in any state but LISTEN and TIME-WAIT).
+pub const SOCKET_ESTABLISHED: u32 = 2;
+/// A request socket: the client's handshake is in progress (SYN received, SYN-ACK sent).
+pub const SOCKET_REQUEST: u32 = 3;
+/// Only a listener on the port (no handshake seen, or SYN cookies).
+pub const SOCKET_LISTENER: u32 = 4;
+/// A TIME-WAIT socket.
+pub const SOCKET_TIME_WAIT: u32 = 5;
+
+/// Whether a `SOCKET_*` value shows a client behind the hit: a connection or a handshake in
+/// progress. Hits without one (possibly spoofed sources) feed no alert and no timeline source.
+pub const fn has_connection(socket: u32) -> bool {
+    socket == SOCKET_ESTABLISHED || socket == SOCKET_REQUEST
+}
 
 /// Action value for a `reset` hit on a connection that no longer existed: the segment was passed
 /// and the local stack answered it with a reset.

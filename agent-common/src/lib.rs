@@ -4,9 +4,13 @@
 //! sides agree on the layout. The `user` feature adds the `aya::Pod` impls the agent needs.
 #![cfg_attr(not(test), no_std)]
 
+#[cfg(not(target_arch = "bpf"))]
+extern crate alloc;
+
 pub mod config;
 pub mod counters;
 pub mod event;
+pub mod flow;
 pub mod hash;
 pub mod revoked;
 #[cfg(not(target_arch = "bpf"))]
@@ -48,6 +52,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU scratch space for the payload copy (never pinned).
     pub const SCRATCH: &str = "SCRATCH";
+    /// Flow 4-tuple -> [`crate::flow::FlowEntry`] (LRU, never pinned).
+    pub const FLOWS: &str = "FLOWS";
 }
 
 /// Program names in the kernel object.

@@ -1,11 +1,14 @@
 //! Header parsing shared by the XDP and TC programs, and the per-hook packet operations.
 
+use agent_common::event::{
+    SOCKET_ESTABLISHED, SOCKET_LISTENER, SOCKET_NONE, SOCKET_REQUEST, SOCKET_TIME_WAIT,
+};
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
     helpers::generated::{
-        bpf_csum_level, bpf_sk_lookup_tcp, bpf_sk_release, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_skb_pull_data, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_csum_level, bpf_sk_release, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
+        bpf_skc_lookup_tcp, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -16,11 +19,20 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+/// IP protocol number of TCP.
+pub(crate) const IPPROTO_TCP: u8 = 6;
+/// TCP flag FIN.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP flag SYN.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP flag RST.
+pub const TCP_RST: u8 = 0x04;
+/// TCP flag ACK.
+pub const TCP_ACK: u8 = 0x10;
+const TCP_TIME_WAIT: u32 = 6;
 const TCP_LISTEN: u32 = 10;
+const TCP_NEW_SYN_RECV: u32 = 12;
+
 /// `BPF_CSUM_LEVEL_RESET`: mark the skb CHECKSUM_NONE so the stack checks our checksum.
 const BPF_CSUM_LEVEL_RESET: u64 = 3;
 /// Bytes of headers the TC program needs in the linear area.
@@ -48,6 +60,12 @@ pub struct Flow {
     pub sport: u16,
     /// Destination port, network order.
     pub dport: u16,
+    /// TCP flags.
+    pub flags: u8,
+    /// Sequence number, host order.
+    pub seq: u32,
+    /// Acknowledgement number, network order (as on the wire).
+    pub ack_be: u32,
 }
 
 /// What differs between the hooks: context access, payload copy, reset rewrite.
@@ -66,8 +84,8 @@ pub trait Packet {
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool;
     /// Makes the headers readable (TC pulls them into the linear area).
     fn prepare(&self) {}
-    /// Cuts the packet after the TCP header; false on failure.
-    fn trim_payload(&self, flow: &Flow) -> bool;
+    /// Cuts the packet to its first `len` bytes; false on failure.
+    fn trim_to(&self, len: usize) -> bool;
     /// Called after the headers were rewritten.
     fn rewritten(&self) {}
 }
@@ -86,23 +104,28 @@ impl Packet for XdpPacket<'_> {
     }
     #[inline(always)]
     fn data_end(&self) -> usize {
+        // SAFETY: the context pointer the kernel passed to the program.
         unsafe { core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize }
     }
     #[inline(always)]
     fn ifindex(&self) -> u32 {
+        // SAFETY: as above.
         unsafe { (*self.0.ctx).ingress_ifindex }
     }
     #[inline(always)]
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the verifier checks that `dst` holds `len` writable bytes.
         unsafe { bpf_xdp_load_bytes(self.0.ctx, off, dst as *mut c_void, len) == 0 }
     }
     #[inline(always)]
-    fn trim_payload(&self, flow: &Flow) -> bool {
+    fn trim_to(&self, len: usize) -> bool {
+        // SAFETY: helpers on this program's own context.
         let total = unsafe { bpf_xdp_get_buff_len(self.0.ctx) } as usize;
-        if total <= flow.payload {
+        if total <= len {
             return true;
         }
-        let cut = (total - flow.payload) as i32;
+        let cut = (total - len) as i32;
+        // SAFETY: as above; the verifier checks the context pointer.
         unsafe { bpf_xdp_adjust_tail(self.0.ctx, -cut) == 0 }
     }
 }
@@ -121,14 +144,17 @@ impl Packet for TcPacket<'_> {
     }
     #[inline(always)]
     fn data_end(&self) -> usize {
+        // SAFETY: the skb pointer the kernel passed to the program.
         unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).data_end) as usize }
     }
     #[inline(always)]
     fn ifindex(&self) -> u32 {
+        // SAFETY: as above.
         unsafe { (*self.0.skb.skb).ifindex }
     }
     #[inline(always)]
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the verifier checks that `dst` holds `len` writable bytes.
         unsafe {
             bpf_skb_load_bytes(
                 self.0.skb.skb as *const c_void,
@@ -143,15 +169,18 @@ impl Packet for TcPacket<'_> {
         let len = self.0.len();
         let want = if len < TC_PULL { len } else { TC_PULL };
         if self.data_end() - self.data() < want as usize {
+            // SAFETY: a helper on this program's own skb.
             unsafe { bpf_skb_pull_data(self.0.skb.skb, want) };
         }
     }
     #[inline(always)]
-    fn trim_payload(&self, flow: &Flow) -> bool {
-        unsafe { bpf_skb_change_tail(self.0.skb.skb, flow.payload as u32, 0) == 0 }
+    fn trim_to(&self, len: usize) -> bool {
+        // SAFETY: a helper on this program's own skb.
+        unsafe { bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) == 0 }
     }
     #[inline(always)]
     fn rewritten(&self) {
+        // SAFETY: a helper on this program's own skb.
         unsafe { bpf_csum_level(self.0.skb.skb, BPF_CSUM_LEVEL_RESET) };
     }
 }
@@ -159,7 +188,7 @@ impl Packet for TcPacket<'_> {
 /// A checked pointer to a `T` at `off`. `data_end` is re-read (volatile) for every check, so
 /// LLVM cannot drop a check as implied by an earlier one: the verifier could not follow that.
 #[inline(always)]
-fn ptr_at<T, P: Packet>(pkt: &P, off: usize) -> Option<*mut T> {
+pub(crate) fn ptr_at<T, P: Packet>(pkt: &P, off: usize) -> Option<*mut T> {
     let data = pkt.data();
     if data + off + size_of::<T>() > pkt.data_end() {
         return None;
@@ -167,23 +196,38 @@ fn ptr_at<T, P: Packet>(pkt: &P, off: usize) -> Option<*mut T> {
     Some((data + off) as *mut T)
 }
 
+/// A big-endian `u16` of the packet.
 #[inline(always)]
-fn be16<P: Packet>(pkt: &P, off: usize) -> Option<u16> {
+pub(crate) fn be16<P: Packet>(pkt: &P, off: usize) -> Option<u16> {
+    // SAFETY: ptr_at checked the two bytes against data_end.
     ptr_at::<u16, P>(pkt, off).map(|p| u16::from_be(unsafe { p.read_unaligned() }))
 }
 
+/// One byte of the packet.
 #[inline(always)]
-fn byte<P: Packet>(pkt: &P, off: usize) -> Option<u8> {
+pub(crate) fn byte<P: Packet>(pkt: &P, off: usize) -> Option<u8> {
+    // SAFETY: ptr_at checked the byte against data_end.
     ptr_at::<u8, P>(pkt, off).map(|p| unsafe { *p })
 }
 
+/// The byte at `off` when the eight bytes from there are directly readable (checking eight
+/// keeps LLVM from turning the bound into a form the verifier does not follow).
 #[inline(always)]
-fn word<P: Packet>(pkt: &P, off: usize) -> Option<u32> {
+pub(crate) fn first_byte<P: Packet>(pkt: &P, off: usize) -> Option<u8> {
+    // SAFETY: ptr_at checked the eight bytes against data_end.
+    ptr_at::<[u8; 8], P>(pkt, off).map(|p| unsafe { (*p)[0] })
+}
+
+/// A `u32` of the packet, as on the wire.
+#[inline(always)]
+pub(crate) fn word<P: Packet>(pkt: &P, off: usize) -> Option<u32> {
+    // SAFETY: ptr_at checked the four bytes against data_end.
     ptr_at::<u32, P>(pkt, off).map(|p| unsafe { p.read_unaligned() })
 }
 
 /// Parses Ethernet (one 802.1Q/802.1ad tag), IPv4 (options; fragments pass) or IPv6 (no
-/// extension headers), and TCP with data; anything else is `None` and passes untouched.
+/// extension headers), and TCP (with or without data); anything else is `None` and passes
+/// untouched.
 #[inline(always)]
 pub fn parse<P: Packet>(pkt: &P) -> Option<Flow> {
     let mut l3 = ETH_HLEN;
@@ -203,6 +247,9 @@ pub fn parse<P: Packet>(pkt: &P) -> Option<Flow> {
         daddr: [0; 4],
         sport: 0,
         dport: 0,
+        flags: 0,
+        seq: 0,
+        ack_be: 0,
     };
     let ip_payload: usize;
     if proto == ETH_P_IP {
@@ -235,132 +282,60 @@ pub fn parse<P: Packet>(pkt: &P) -> Option<Flow> {
         return None;
     }
     let l4 = flow.l4;
+    // SAFETY: ptr_at checked both ports against data_end; they stay in network order.
     flow.sport = unsafe { ptr_at::<u16, P>(pkt, l4)?.read_unaligned() };
+    // SAFETY: as above.
     flow.dport = unsafe { ptr_at::<u16, P>(pkt, l4 + 2)?.read_unaligned() };
     let tcp_len = ((byte(pkt, l4 + 12)? >> 4) as usize) * 4;
-    let flags = byte(pkt, l4 + 13)?;
-    if tcp_len < 20 || flags & (TCP_SYN | TCP_RST) != 0 || ip_payload <= tcp_len {
+    flow.flags = byte(pkt, l4 + 13)?;
+    if tcp_len < 20 || ip_payload < tcp_len {
         return None;
     }
+    flow.seq = u32::from_be(word(pkt, l4 + 4)?);
+    flow.ack_be = word(pkt, l4 + 8)?;
     flow.tcp_len = tcp_len;
     flow.payload = l4 + tcp_len;
     flow.payload_len = (ip_payload - tcp_len) as u32;
     Some(flow)
 }
 
-/// Whether the local stack still has a connection for this segment (not just a listener).
+/// What the local stack has for this segment's 4-tuple (`agent_common::event::SOCKET_*`):
+/// a connection, a request socket (a handshake in progress), only a listener, a TIME-WAIT
+/// socket, or nothing.
 #[inline(always)]
-pub fn connection_exists<P: Packet>(pkt: &P, flow: &Flow) -> bool {
+pub fn socket_state<P: Packet>(pkt: &P, flow: &Flow) -> u32 {
+    // SAFETY: a plain-data union, zero is a valid value of every variant.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let ctx = pkt.ctx().as_ptr();
     let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: the tuple is initialised for the family passed with its size; the verifier
+    // checks the helper call and that the returned socket is released below.
     let sk = unsafe {
         if flow.v6 {
             tuple.__bindgen_anon_1.ipv6.saddr = flow.saddr;
             tuple.__bindgen_anon_1.ipv6.daddr = flow.daddr;
             tuple.__bindgen_anon_1.ipv6.sport = flow.sport;
             tuple.__bindgen_anon_1.ipv6.dport = flow.dport;
-            bpf_sk_lookup_tcp(ctx, &mut tuple, 36, netns, 0)
+            bpf_skc_lookup_tcp(ctx, &mut tuple, 36, netns, 0)
         } else {
             tuple.__bindgen_anon_1.ipv4.saddr = flow.saddr[0];
             tuple.__bindgen_anon_1.ipv4.daddr = flow.daddr[0];
             tuple.__bindgen_anon_1.ipv4.sport = flow.sport;
             tuple.__bindgen_anon_1.ipv4.dport = flow.dport;
-            bpf_sk_lookup_tcp(ctx, &mut tuple, 12, netns, 0)
+            bpf_skc_lookup_tcp(ctx, &mut tuple, 12, netns, 0)
         }
     };
     if sk.is_null() {
-        return false;
+        return SOCKET_NONE;
     }
+    // SAFETY: a non-null socket from the lookup; `state` is readable on every socket kind.
     let state = unsafe { (*sk).state };
+    // SAFETY: releases the reference the lookup took.
     unsafe { bpf_sk_release(sk as *mut c_void) };
-    state != TCP_LISTEN
-}
-
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-/// Sums `len` bytes (even, at most 60) at `off` as big-endian 16-bit words.
-#[inline(always)]
-fn sum_words<P: Packet>(pkt: &P, off: usize, len: usize) -> Option<u64> {
-    let mut sum = 0u64;
-    for i in 0..30 {
-        if i * 2 >= len {
-            break;
-        }
-        sum += be16(pkt, off + i * 2)? as u64;
+    match state {
+        TCP_LISTEN => SOCKET_LISTENER,
+        TCP_NEW_SYN_RECV => SOCKET_REQUEST,
+        TCP_TIME_WAIT => SOCKET_TIME_WAIT,
+        _ => SOCKET_ESTABLISHED,
     }
-    Some(sum)
-}
-
-/// Turns the request segment into a bare RST|ACK with the same sequence numbers, so the local
-/// stack resets the connection and the gateway never reads the request.
-#[inline(always)]
-pub fn rewrite_to_reset<P: Packet>(pkt: &P, flow: &Flow) -> bool {
-    if !pkt.trim_payload(flow) {
-        return false;
-    }
-    let (l3, l4, tcp_len) = (flow.l3, flow.l4, flow.tcp_len & 0x3c);
-    let Some(tcp) = ptr_at::<[u8; 20], P>(pkt, l4) else {
-        return false;
-    };
-    unsafe {
-        (*tcp)[13] = TCP_RST | TCP_ACK;
-        (*tcp)[14] = 0; // window
-        (*tcp)[15] = 0;
-        (*tcp)[16] = 0; // checksum, filled below
-        (*tcp)[17] = 0;
-        (*tcp)[18] = 0; // urgent pointer
-        (*tcp)[19] = 0;
-    }
-    let mut pseudo: u64 = IPPROTO_TCP as u64 + tcp_len as u64;
-    for i in 0..4 {
-        if i == 1 && !flow.v6 {
-            break;
-        }
-        pseudo += (u32::from_be(flow.saddr[i]) >> 16) as u64
-            + (u32::from_be(flow.saddr[i]) & 0xffff) as u64;
-        pseudo += (u32::from_be(flow.daddr[i]) >> 16) as u64
-            + (u32::from_be(flow.daddr[i]) & 0xffff) as u64;
-    }
-    if flow.v6 {
-        let Some(plen) = ptr_at::<u16, P>(pkt, l3 + 4) else {
-            return false;
-        };
-        unsafe { *plen = (tcp_len as u16).to_be() };
-    } else {
-        let Some(ihl) = byte(pkt, l3) else {
-            return false;
-        };
-        let ihl = ((ihl & 0x0f) as usize) * 4;
-        let (Some(tot), Some(check)) = (
-            ptr_at::<u16, P>(pkt, l3 + 2),
-            ptr_at::<u16, P>(pkt, l3 + 10),
-        ) else {
-            return false;
-        };
-        unsafe {
-            *tot = ((ihl + tcp_len) as u16).to_be();
-            *check = 0;
-        }
-        let Some(sum) = sum_words(pkt, l3, ihl) else {
-            return false;
-        };
-        unsafe { *check = fold(sum).to_be() };
-    }
-    let Some(sum) = sum_words(pkt, l4, tcp_len) else {
-        return false;
-    };
-    let Some(check) = ptr_at::<u16, P>(pkt, l4 + 16) else {
-        return false;
-    };
-    unsafe { *check = fold(sum + pseudo).to_be() };
-    pkt.rewritten();
-    true
 }

@@ -1,55 +1,123 @@
-//! The header scan: copy the payload into per-CPU scratch space, walk header lines with
-//! `bpf_loop`, find the token and hash it. Mirrors `agent_common::scan` (the reference model).
+//! The header scan: the payload is copied into per-CPU scratch space and walked with
+//! `bpf_loop`, one step per line or token. Mirrors `agent_common::scan` (the reference model).
 //!
-//! Verifier notes (see shared/notes/ebpf-verifier.md): every offset that comes out of a
-//! data-dependent loop is stored in the scratch map and read back, so the code after the loop
-//! sees one unknown scalar instead of one state per exit point, and every buffer index is
-//! masked into the buffer. All loads are aligned words, combined with shifts where an offset is
-//! not a multiple of eight.
+//! Verifier notes (see shared/notes/ebpf-verifier.md and docs/kernel.md): every loop lives in
+//! a global BPF function (`tw_*`), which the verifier checks once, on its own, and whose result
+//! reaches the caller as an unknown scalar; inside one, an offset that comes out of a
+//! data-dependent loop passes through map memory before the next loop. Every buffer index is
+//! masked into the buffer. All loads are aligned words, combined with shifts where an offset
+//! is not a multiple of eight. Each step keeps its state in the scratch map and the caller
+//! reaches `bpf_loop` with nothing else live, so the callback is verified from one state.
 
 use agent_common::{
-    MAX_HEADER_SEGMENT, SCAN_BUF_LEN, SCAN_MASK, SCAN_PAD,
+    SCAN_BUF_LEN, SCAN_PAD,
     config::{
-        BEARER_FOLD, BEARER_KEEP, BEARER_WORD, HeaderNeedle, MAX_LINES, MAX_OWS, NEEDLE_BEARER,
-        tchar_bit,
+        CONTENT_LENGTH, HeaderNeedle, MAX_BODY, MAX_LENGTH_DIGITS, MAX_LINES, MAX_STEPS,
+        MAX_VERSION_TAIL, TRANSFER_ENCODING, tchar_bit,
     },
+    counters::Counter,
     event::{EVENT_WINDOW_SHIFT, EVENTS_PER_WINDOW},
-    hash::{HashKey, SipState, tail_mask},
 };
 use aya_ebpf::helpers::generated::bpf_loop;
 use core::{ffi::c_void, ptr::null_mut};
 
-use crate::{CONFIG, OPAQUE_OFFSET, SCRATCH};
+use crate::{
+    CONFIG, COUNTERS, OPAQUE_OFFSET, SCRATCH,
+    swar::{
+        Cursor, byte, controls, find_near, newlines, tw_find_control, tw_find_newline,
+        tw_skip_crlf, tw_skip_ows,
+    },
+    token,
+};
 
 const WORDS: usize = (SCAN_BUF_LEN + SCAN_PAD) / 8;
-const WORD_MASK: u32 = (SCAN_BUF_LEN as u32 / 8) - 1;
-const MAX_METHOD: u32 = 20;
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
+/// Mask of a word index inside the buffer.
+pub const WORD_MASK: u32 = (SCAN_BUF_LEN as u32 / 8) - 1;
 
-/// Per-CPU scan state: the payload copy and the cursor the line callback advances.
+/// Step kinds: between requests (empty lines, then a request line).
+const STATE_START: u32 = 0;
+/// Step kinds: a header line (or the blank line ending the headers).
+const STATE_HEADERS: u32 = 1;
+/// Step kinds: hash and look up the token at `Scratch::tok_start`.
+const STATE_TOKEN: u32 = 2;
+
+/// Where the segment leaves the stream (`agent_common::scan::StreamEnd`).
+pub const END_NOT_REQUEST: u32 = 0;
+/// At a request boundary.
+pub const END_BOUNDARY: u32 = 1;
+/// Inside a body ending `Scratch::body_end` bytes after the scan start.
+pub const END_BODY: u32 = 2;
+/// The framing was lost.
+pub const END_UNSYNCED: u32 = 3;
+
+/// `Scratch::framing`: a `Content-Length` was read.
+const LENGTH_SEEN: u32 = 1;
+/// `Scratch::framing`: the body cannot be followed (chunked, invalid or repeated length).
+const FRAMING_LOST: u32 = 2;
+
+/// Per-CPU scan state: the payload copy, the cursor and what the steps found.
 #[repr(C)]
 pub struct Scratch {
     /// Payload bytes, as aligned words (little-endian byte order).
     pub words: [u64; WORDS],
     /// Bytes copied into `words`.
     pub len: u32,
+    /// Bytes from the scan start to the end of the segment (`len` or more).
+    pub total: u32,
     /// Start of the next line to examine.
     pub pos: u32,
-    /// Offset of the token, once found.
-    pub start: u32,
-    /// Needle kind of the token; 0 while none was found.
-    pub kind: u32,
-    /// Token length, once its end was found.
-    pub tlen: u32,
+    /// `STATE_*` of the next step.
+    pub state: u32,
+    /// Lines examined.
+    pub lines: u32,
+    /// Request lines accepted.
+    pub requests: u32,
+    /// `END_*` once the steps stopped (`END_UNSYNCED` if they ran out).
+    pub end: u32,
+    /// For `END_BODY`: where the body ends, from the scan start.
+    pub body_end: u32,
+    /// `Content-Length` of the current request.
+    pub length: u32,
+    /// `LENGTH_SEEN` / `FRAMING_LOST` bits of the current request.
+    pub framing: u32,
+    /// Offset of the token the next `STATE_TOKEN` step hashes.
+    pub tok_start: u32,
+    /// Its needle kind.
+    pub tok_kind: u32,
+    /// 0, or what matched (`MATCH_TOKEN` / `MATCH_HEADER_SEGMENT`) on the first hit.
+    pub hit: u32,
+    /// Needle kind of the hit.
+    pub hit_kind: u32,
+    /// Hash that hit.
+    pub hit_hash: u64,
+    /// Output of `tw_hash_token`: the key hash of the current token.
+    pub key_hash: u64,
+    /// Output of `tw_hash_token`: the header-segment hash of the current token.
+    pub header_hash: u64,
+    /// Output of `tw_hash_token`: which of the two it wrote.
+    pub hashed: u32,
     /// Reserved.
-    pub _pad: u32,
+    pub _pad1: u32,
+    /// Unix seconds, for expiry checks.
+    pub now: u64,
+    /// Sequence number of the segment's first payload byte.
+    pub stream_seq: u32,
+    /// Payload bytes before the scan start (the end of a body seen earlier).
+    pub skip: u32,
+    /// Non-zero when the flow had an entry in the flow map.
+    pub known: u32,
+    /// Reserved.
+    pub _pad0: u32,
+    /// First counter slot of this packet's interface.
+    pub meter_base: u32,
+    /// Non-zero when monitoring is on.
+    pub meter_on: u32,
     /// The event window this CPU last reported a hit in (boot ns >> `EVENT_WINDOW_SHIFT`).
     pub event_window: u64,
     /// Hit events sent in that window.
     pub events_in_window: u32,
     /// Reserved.
-    pub _pad2: u32,
+    pub _pad: u32,
 }
 
 impl Scratch {
@@ -68,13 +136,42 @@ impl Scratch {
         self.events_in_window += 1;
         true
     }
+
+    /// Adds one to counter `c` of this packet's interface (when monitoring is on).
+    #[inline(always)]
+    pub fn count(&self, c: Counter) {
+        if self.meter_on != 0
+            && let Some(v) = COUNTERS.get_ptr_mut(self.meter_base + c as u32)
+        {
+            // SAFETY: a valid per-CPU slot of the counter map; only this CPU writes it.
+            unsafe { *v += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn stop(&mut self, end: u32) -> i64 {
+        self.end = end;
+        1
+    }
+
+    /// The end when a request line is invalid: before any request the segment is not one.
+    #[inline(always)]
+    fn invalid(&mut self) -> i64 {
+        let end = if self.requests == 0 {
+            END_NOT_REQUEST
+        } else {
+            END_UNSYNCED
+        };
+        self.stop(end)
+    }
 }
 
 /// Passes `v` through map memory: the verifier then sees an unknown scalar, so the code after a
 /// data-dependent loop is verified once rather than once per exit. `None` past the buffer.
 #[inline(always)]
-fn launder(v: u32) -> Option<u32> {
+pub fn launder(v: u32) -> Option<u32> {
     let p = OPAQUE_OFFSET.get_ptr_mut(0)?;
+    // SAFETY: a valid per-CPU map slot; volatile so the store and load are kept.
     let v = unsafe {
         core::ptr::write_volatile(p, v);
         core::ptr::read_volatile(p)
@@ -86,291 +183,311 @@ fn launder(v: u32) -> Option<u32> {
     }
 }
 
-/// A token located in the scratch buffer.
-pub struct Found {
-    /// `NEEDLE_BEARER` or `NEEDLE_RAW`.
-    pub kind: u32,
-    /// Keyed hash of the token bytes.
-    pub hash: u64,
-    /// Offset of the token in the scratch buffer.
-    pub start: u32,
-}
-
-/// Result of scanning one request.
-pub enum Scan {
-    /// Not the start of an HTTP/1.x request.
-    NotRequest,
-    /// A request with no token to check.
-    NoToken,
-    /// The token did not end inside the scanned bytes.
-    Skipped,
-    /// A token.
-    Token(Found),
-}
-
+/// Whether the line at `p` starts with `needle`, given its first four words `w`.
 #[inline(always)]
-fn byte(s: &Scratch, i: u32) -> u8 {
-    let p = s.words.as_ptr() as *const u8;
-    unsafe { *p.add((i & SCAN_MASK) as usize) }
+fn line_matches(needle: &HeaderNeedle, p: u32, len: u32, w: [u64; 4]) -> bool {
+    needle.len != 0 && p + (needle.len & 0x3f) <= len && needle.matches(w)
 }
 
+/// Reads the request line `..e` backward (`agent_common::scan::http::version_tail`); 1 when
+/// it ends in an HTTP version. A global BPF function: verified once, on its own.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tw_version_tail(m: u32, e: u32) -> u32 {
+    let Some(s) = SCRATCH.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, read only.
+    let s = unsafe { &*s };
+    u32::from(version_tail(s, m, e) == Some(true))
+}
+
+/// The first offset `j` in `[lo, i]` with every byte of `j..i` in the class (at most
+/// `MAX_VERSION_TAIL` steps); the result passes through map memory so the next phase is
+/// verified once.
 #[inline(always)]
-fn aligned(s: &Scratch, k: u32) -> u64 {
-    s.words[(k & WORD_MASK) as usize]
-}
-
-/// Reads consecutive 8-byte words starting at any byte offset, one aligned load per word.
-struct Cursor {
-    k: u32,
-    shift: u32,
-    lo: u64,
-}
-
-impl Cursor {
-    #[inline(always)]
-    fn new(s: &Scratch, off: u32) -> Self {
-        let off = off & SCAN_MASK;
-        Self {
-            k: off >> 3,
-            shift: (off & 7) * 8,
-            lo: aligned(s, off >> 3),
-        }
-    }
-
-    #[inline(always)]
-    fn next(&mut self, s: &Scratch) -> u64 {
-        let hi = s.words[((self.k & WORD_MASK) + 1) as usize];
-        // (hi << 1) << (63 - shift) is hi << (64 - shift) without a 64-bit shift when shift == 0.
-        let w = (self.lo >> self.shift) | ((hi << 1) << (63 - self.shift));
-        self.lo = hi;
-        self.k += 1;
-        w
-    }
-}
-
-/// Index of the lowest flagged byte of a SWAR mask (flags in bit 7 of each byte).
-#[inline(always)]
-fn first_flag(t: u64) -> u32 {
-    let lowest = t & t.wrapping_neg();
-    ((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as u32
-}
-
-/// Flags bytes equal to `\n`; the lowest flag is exact.
-#[inline(always)]
-fn newlines(w: u64) -> u64 {
-    let x = w ^ (ONES * b'\n' as u64);
-    x.wrapping_sub(ONES) & !x & HIGHS
-}
-
-/// Flags bytes equal to `.`; the lowest flag is exact.
-#[inline(always)]
-fn dots(w: u64) -> u64 {
-    let x = w ^ (ONES * b'.' as u64);
-    x.wrapping_sub(ONES) & !x & HIGHS
-}
-
-/// Flags bytes below 0x21 (space, CR, LF, tab, controls); the lowest flag is exact.
-#[inline(always)]
-fn token_ends(w: u64) -> u64 {
-    w.wrapping_sub(ONES * 0x21) & !w & HIGHS
-}
-
-#[inline(always)]
-fn skip_ows(s: &Scratch, mut v: u32, len: u32) -> u32 {
-    for _ in 0..MAX_OWS {
-        if v >= len {
+fn back_while(s: &Scratch, i: u32, lo: u32, class: impl Fn(u8) -> bool) -> Option<u32> {
+    let mut j = i;
+    for _ in 0..MAX_VERSION_TAIL {
+        if j <= lo || !class(byte(s, j - 1)) {
             break;
         }
-        let b = byte(s, v);
-        if b != b' ' && b != b'\t' {
+        j -= 1;
+    }
+    launder(j)
+}
+
+#[inline(always)]
+fn version_tail(s: &Scratch, m: u32, e: u32) -> Option<bool> {
+    let floor = m + 1;
+    let lo = if e > floor + MAX_VERSION_TAIL as u32 {
+        e - MAX_VERSION_TAIL as u32
+    } else {
+        floor
+    };
+    let cut = lo > floor;
+    let mut i = back_while(s, e, lo, |b| b == b' ')?;
+    if i <= lo {
+        return Some(cut);
+    }
+    for sep in [b'.', b'/'] {
+        let j = back_while(s, i, lo, |b| b.is_ascii_digit())?;
+        if j <= lo {
+            return Some(cut);
+        }
+        if j == i || byte(s, j - 1) != sep {
+            return Some(false);
+        }
+        i = j - 1;
+    }
+    if i < lo + 5 {
+        return Some(cut);
+    }
+    Some(
+        byte(s, i - 5) == b' '
+            && byte(s, i - 4) == b'H'
+            && byte(s, i - 3) == b'T'
+            && byte(s, i - 2) == b'T'
+            && byte(s, i - 1) == b'P',
+    )
+}
+
+/// `" HTTP/1.0"` or `" HTTP/1.1"` as one masked comparison of the nine bytes before `e`.
+const HTTP_1X: u64 = u64::from_le_bytes(*b"HTTP/1.0");
+/// The minor version's bit that tells `0` from `1`.
+const HTTP_1X_MINOR: u64 = 1 << 56;
+
+/// Whether the request line `..e` ends in ` HTTP/1.0` or ` HTTP/1.1` after the method's space
+/// at `m`: the common case, which `tw_version_tail` (the general rule) also accepts.
+#[inline(always)]
+fn common_version(s: &Scratch, m: u32, e: u32) -> bool {
+    e >= m + 10
+        && (Cursor::new(s, e - 8).next(s) | HTTP_1X_MINOR) == HTTP_1X | HTTP_1X_MINOR
+        && byte(s, e - 9) == b' '
+}
+
+/// Between requests: skip empty lines, then accept a request line or stop.
+#[inline(always)]
+fn start_step(s: &mut Scratch) -> i64 {
+    let len = s.len;
+    if len > SCAN_BUF_LEN as u32 {
+        return s.stop(END_UNSYNCED);
+    }
+    let mut p = s.pos;
+    if p < len && matches!(byte(s, p), b'\r' | b'\n') {
+        p = tw_skip_crlf(p, len);
+    }
+    if p >= len {
+        let end = if s.requests == 0 {
+            END_NOT_REQUEST
+        } else if len == s.total {
+            END_BOUNDARY
+        } else {
+            END_UNSYNCED
+        };
+        return s.stop(end);
+    }
+    if s.lines >= MAX_LINES {
+        return s.stop(END_UNSYNCED);
+    }
+    if !tchar_bit(byte(s, p)) {
+        return s.invalid();
+    }
+    let m = find_near(s, p, len, controls, tw_find_control);
+    if m >= len {
+        return s.stop(END_UNSYNCED);
+    }
+    if byte(s, m) != b' ' {
+        return s.invalid();
+    }
+    let nl = find_near(s, m, len, newlines, tw_find_newline);
+    if nl >= len || nl <= m {
+        return s.stop(END_UNSYNCED);
+    }
+    let e = if byte(s, nl - 1) == b'\r' { nl - 1 } else { nl };
+    if !common_version(s, m, e) && tw_version_tail(m, e) == 0 {
+        return s.invalid();
+    }
+    s.requests += 1;
+    s.lines += 1;
+    s.count(Counter::HttpRequests);
+    s.pos = nl + 1;
+    s.state = STATE_HEADERS;
+    s.length = 0;
+    s.framing = 0;
+    0
+}
+
+/// Moves to the line after the LF at or after `from`; stops (unsynced) when there is none.
+#[inline(always)]
+fn next_line(s: &mut Scratch, from: u32) -> i64 {
+    let nl = find_near(s, from, s.len, newlines, tw_find_newline);
+    if nl >= s.len {
+        return s.stop(END_UNSYNCED);
+    }
+    s.pos = nl + 1;
+    0
+}
+
+/// `tw_content_length` result for a value that is not a length the kernel follows.
+const LENGTH_INVALID: u32 = u32::MAX;
+
+/// Reads the `Content-Length` value at `v` (`agent_common::scan::http::content_length`);
+/// `LENGTH_INVALID` for anything but a length the kernel follows. A global BPF function:
+/// verified once, on its own.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tw_content_length(v: u32, len: u32) -> u32 {
+    let len = if len > SCAN_BUF_LEN as u32 {
+        SCAN_BUF_LEN as u32
+    } else {
+        len
+    };
+    let mut i = tw_skip_ows(v, len);
+    let Some(sp) = SCRATCH.get_ptr(0) else {
+        return LENGTH_INVALID;
+    };
+    // SAFETY: this CPU's scratch slot, read only.
+    let s = unsafe { &*sp };
+    let mut n: u64 = 0;
+    let mut digits = 0;
+    for _ in 0..MAX_LENGTH_DIGITS {
+        if i >= len {
             break;
         }
-        v += 1;
+        let b = byte(s, i);
+        if !b.is_ascii_digit() {
+            break;
+        }
+        n = n * 10 + (b - b'0') as u64;
+        if n > MAX_BODY {
+            return LENGTH_INVALID;
+        }
+        i += 1;
+        digits += 1;
     }
-    v
+    let i = tw_skip_ows(i, len);
+    if digits == 0 || i >= len || !matches!(byte(s, i), b'\r' | b'\n') {
+        return LENGTH_INVALID;
+    }
+    n as u32
 }
 
-/// Where the token of the header matched at `p` starts, if its value holds one.
+/// Records the `Content-Length` value at `v`.
 #[inline(always)]
-fn token_start(s: &Scratch, needle: &HeaderNeedle, p: u32, len: u32) -> Option<u32> {
-    let mut v = launder(skip_ows(s, p + (needle.len & 0x3f), len))?;
-    if needle.kind == NEEDLE_BEARER {
-        if v + 7 > len {
-            return None;
-        }
-        let w = Cursor::new(s, v).next(s);
-        if (w | BEARER_FOLD) & BEARER_KEEP != BEARER_WORD {
-            return None;
-        }
-        v = launder(skip_ows(s, v + 7, len))?;
+fn content_length(s: &mut Scratch, v: u32) {
+    let n = tw_content_length(v, s.len);
+    if n == LENGTH_INVALID || s.framing & LENGTH_SEEN != 0 {
+        s.framing |= FRAMING_LOST;
+        return;
     }
-    if v < len && byte(s, v) <= 0x20 {
-        return None;
-    }
-    Some(v)
+    s.length = n;
+    s.framing |= LENGTH_SEEN;
 }
 
-/// `bpf_loop` callback: examines the line at `SCRATCH.pos`; returns 1 to stop the loop.
-unsafe extern "C" fn scan_line(index: u32, _ctx: *mut c_void) -> i64 {
+/// A header line, or the blank line that ends the headers (then the body is skipped).
+#[inline(always)]
+fn header_step(s: &mut Scratch, needles: &[HeaderNeedle; 2]) -> i64 {
+    let (len, p) = (s.len, s.pos);
+    if len > SCAN_BUF_LEN as u32 || p >= len || s.lines >= MAX_LINES {
+        return s.stop(END_UNSYNCED);
+    }
+    s.lines += 1;
+    let b = byte(s, p);
+    if b == b'\n' || (b == b'\r' && p + 1 < len && byte(s, p + 1) == b'\n') {
+        let after = p + if b == b'\n' { 1 } else { 2 };
+        if s.framing & FRAMING_LOST != 0 {
+            return s.stop(END_UNSYNCED);
+        }
+        let body_end = after as u64 + s.length as u64;
+        let total = s.total as u64;
+        if body_end == total {
+            return s.stop(END_BOUNDARY);
+        }
+        if body_end > total {
+            s.body_end = body_end as u32;
+            return s.stop(END_BODY);
+        }
+        if body_end >= len as u64 {
+            return s.stop(END_UNSYNCED);
+        }
+        s.pos = body_end as u32;
+        s.state = STATE_START;
+        return 0;
+    }
+    if b == b'\r' {
+        return s.stop(END_UNSYNCED);
+    }
+    let mut c = Cursor::new(s, p);
+    let w = [c.next(s), c.next(s), c.next(s), c.next(s)];
+    // After a hit the scan only follows the framing: tokens are no longer located.
+    let which = if s.hit != 0 {
+        2
+    } else if line_matches(&needles[0], p, len, w) {
+        0
+    } else if line_matches(&needles[1], p, len, w) {
+        1
+    } else {
+        2
+    };
+    if which < 2 {
+        let needle = &needles[which & 1];
+        if let Some(v) = token::value_start(s, needle, p, len) {
+            s.tok_start = v;
+            s.tok_kind = needle.kind;
+            s.state = STATE_TOKEN;
+            return 0;
+        }
+    } else {
+        // Most header names start with neither letter: two comparisons saved per line.
+        let first = (w[0] as u8) | 0x20;
+        if first == b'c' && line_matches(&CONTENT_LENGTH, p, len, w) {
+            content_length(s, p + CONTENT_LENGTH.len);
+        } else if first == b't' && line_matches(&TRANSFER_ENCODING, p, len, w) {
+            s.framing |= FRAMING_LOST;
+        }
+    }
+    next_line(s, p)
+}
+
+/// `bpf_loop` callback: one step; returns 1 to stop the loop.
+unsafe extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
     let (Some(s), Some(cfg)) = (SCRATCH.get_ptr_mut(0), CONFIG.get(0)) else {
         return 1;
     };
+    // SAFETY: this CPU's scratch slot; nothing else holds a reference to it during the loop.
     let s = unsafe { &mut *s };
-    let len = s.len;
-    let p = s.pos;
-    if len > SCAN_BUF_LEN as u32 || p >= len {
-        return 1;
+    match s.state {
+        STATE_START => start_step(s),
+        STATE_HEADERS => header_step(s, &cfg.needles),
+        STATE_TOKEN => {
+            let resume = token::token_step(s, cfg);
+            s.state = STATE_HEADERS;
+            next_line(s, resume)
+        }
+        _ => s.stop(END_UNSYNCED),
     }
-    if index > 0 {
-        let b = byte(s, p);
-        if b == b'\r' || b == b'\n' {
-            return 1;
-        }
-        let mut c = Cursor::new(s, p);
-        let w = [c.next(s), c.next(s), c.next(s), c.next(s)];
-        for needle in &cfg.needles {
-            if needle.len == 0 || p + (needle.len & 0x3f) > len || !needle.matches(w) {
-                continue;
-            }
-            if let Some(start) = token_start(s, needle, p, len) {
-                s.start = start;
-                s.kind = needle.kind;
-                return 1;
-            }
-        }
-    }
-    let mut c = Cursor::new(s, p);
-    let mut q = p;
-    for _ in 0..(SCAN_BUF_LEN / 8) {
-        if q >= len {
-            return 1;
-        }
-        let t = newlines(c.next(s));
-        if t != 0 {
-            let nl = q + first_flag(t);
-            if nl >= len {
-                return 1;
-            }
-            s.pos = nl + 1;
-            return 0;
-        }
-        q += 8;
-    }
-    1
 }
 
-/// Whether the buffer starts with a method token and a space (`agent_common::scan::is_request_start`).
-#[inline(always)]
-fn is_request_start(s: &Scratch, len: u32) -> bool {
-    for i in 0..=MAX_METHOD {
-        if i >= len {
-            return false;
-        }
-        let b = byte(s, i);
-        if b == b' ' {
-            return i > 0;
-        }
-        if !tchar_bit(b) {
-            return false;
-        }
-    }
-    false
-}
-
-/// Finds the end of the token at `start` and hashes it in the same pass: every word without a
-/// terminator is a full SipHash block; the word holding the terminator gives the final block.
-/// `None` when the token does not end inside the `len` scanned bytes.
-#[inline(always)]
-fn hash_token(s: &Scratch, key: &HashKey, start: u32, len: u32) -> Option<u64> {
-    let mut st = SipState::new(key);
-    let mut c = Cursor::new(s, start);
-    let mut q = start;
-    for _ in 0..(SCAN_BUF_LEN / 8) {
-        if q >= len {
-            return None;
-        }
-        let w = c.next(s);
-        let t = token_ends(w);
-        if t != 0 {
-            let k = first_flag(t);
-            let end = q + k;
-            if end >= len || end == start {
-                return None;
-            }
-            return Some(st.finish(w & tail_mask(k as u64), (end - start) as u64));
-        }
-        st.compress(w);
-        q += 8;
-    }
-    None
-}
-
-/// Hashes the JWS header segment of the token at `start`: the bytes before its first `.`
-/// (`agent_common::scan::jws_header_segment`). `None` when there is no such segment.
-#[inline(always)]
-pub fn hash_header_segment(key: &HashKey, start: u32) -> Option<u64> {
-    let sp = SCRATCH.get_ptr_mut(0)?;
-    let s = unsafe { &*sp };
-    let len = s.len;
-    if start >= len || len > SCAN_BUF_LEN as u32 {
-        return None;
-    }
-    let mut st = SipState::new(key);
-    let mut c = Cursor::new(s, start);
-    let mut q = start;
-    for _ in 0..(MAX_HEADER_SEGMENT / 8 + 1) {
-        if q >= len {
-            return None;
-        }
-        let w = c.next(s);
-        let d = dots(w);
-        let t = d | token_ends(w);
-        if t != 0 {
-            // The lowest flag of the union is the lowest of the two exact lowest flags.
-            let k = first_flag(t);
-            let end = q + k;
-            let seg = end - start;
-            if (d >> (k * 8 + 7)) & 1 == 0
-                || end >= len
-                || seg == 0
-                || seg > MAX_HEADER_SEGMENT as u32
-            {
-                return None;
-            }
-            return Some(st.finish(w & tail_mask(k as u64), seg as u64));
-        }
-        st.compress(w);
-        q += 8;
-    }
-    None
-}
-
-/// Scans a payload already copied into `SCRATCH` (`len` bytes).
-#[inline(always)]
-pub fn scan(s: &mut Scratch, len: u32, key: &HashKey) -> Scan {
-    if !is_request_start(s, len) {
-        return Scan::NotRequest;
-    }
-    s.len = len;
-    s.pos = 0;
-    s.kind = 0;
-    s.start = 0;
-    unsafe { bpf_loop(MAX_LINES, scan_line as *mut c_void, null_mut(), 0) };
-    // Re-read through a fresh lookup: the callback wrote these, the verifier sees unknown scalars.
+/// Scans the `len` bytes already copied into `SCRATCH` (of `total` to the segment's end).
+/// The results are left in the scratch slot. Not inlined, and nothing but the scratch slot
+/// carries over: the caller then reaches `bpf_loop` in one verifier state whatever path the
+/// packet took, so the callback is verified once.
+#[inline(never)]
+pub fn scan(len: u32, total: u32) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return Scan::NoToken;
+        return;
     };
-    let s = unsafe { &*s };
-    let kind = s.kind;
-    if kind == 0 {
-        return Scan::NoToken;
-    }
-    let (start, len) = (s.start, s.len);
-    if start >= len || len > SCAN_BUF_LEN as u32 {
-        return Scan::Skipped;
-    }
-    match hash_token(s, key, start, len) {
-        Some(hash) => Scan::Token(Found { kind, hash, start }),
-        None => Scan::Skipped,
-    }
+    // SAFETY: this CPU's scratch slot; the program runs to completion on one CPU.
+    let s = unsafe { &mut *s };
+    s.len = len;
+    s.total = total;
+    s.pos = 0;
+    s.state = STATE_START;
+    s.lines = 0;
+    s.requests = 0;
+    s.end = END_UNSYNCED;
+    s.hit = 0;
+    // SAFETY: bpf_loop with a callback the verifier checks; no context pointer is passed.
+    unsafe { bpf_loop(MAX_STEPS, step as *mut c_void, null_mut(), 0) };
 }

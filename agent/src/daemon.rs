@@ -123,7 +123,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         report.live,
         report.expired_dropped
     );
-    let mut kernel = Kernel::load(&s.bpffs, log::max_level())?;
+    let mut kernel = Kernel::load_with(
+        &s.bpffs,
+        log::max_level(),
+        crate::kernel::LoadOptions {
+            max_revoked: s.max_revoked,
+        },
+    )?;
+    let replaced = kernel.replaced_maps().to_vec();
     kernel.set_config(&cfg)?;
     let events = kernel.take_events()?;
     let (programs, maps, config) = kernel.into_parts();
@@ -167,6 +174,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    for r in &replaced {
+        // The new map is filled before the attach below swaps the programs in their links.
+        log::warn!(
+            "kernel map {} replaced ({} -> {} entries) and filled from the store before the programs were swapped",
+            r.name,
+            r.old_max_entries,
+            r.new_max_entries
+        );
+    }
     if let Some(path) = &args.config {
         service.monitor.record(
             "system",

@@ -5,6 +5,11 @@
 //! `maps/REVOKED`, `maps/CONFIG`, `maps/COUNTERS`, `maps/EVENTS` and `links/<hook>@<iface>`.
 //! Maps and links outlive the daemon: a restart reuses them, and a new program replaces the old
 //! one inside the existing link atomically (`bpf_link_update`), so enforcement never stops.
+//!
+//! A pinned map whose definition differs from what the programs expect (another
+//! `--max-revoked`, or a layout change in an upgrade) is not reused: its pin is removed and a
+//! new map created and pinned. The old programs keep the old map until the daemon has filled
+//! the new one from the store and swapped the programs in their links, so there is no gap.
 
 use std::{
     fs,
@@ -12,12 +17,13 @@ use std::{
 };
 
 use agent_common::{
-    config::Config, counters::Counter, map_names, program_names, revoked::RevokedEntry,
+    REVOKED_MAX_ENTRIES, config::Config, counters::Counter, map_names, program_names,
+    revoked::RevokedEntry,
 };
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -85,6 +91,79 @@ pub struct LoadedPrograms {
     iface_slots: Array<MapData, u32>,
     /// Links this process holds (dropping one closes our fd; the pin keeps it attached).
     links: Vec<(Attachment, FdLink)>,
+    /// Pinned maps replaced at load.
+    replaced: Vec<ReplacedMap>,
+}
+
+/// How the programs are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Entries of the revoked-token map (`--max-revoked`).
+    pub max_revoked: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_revoked: REVOKED_MAX_ENTRIES,
+        }
+    }
+}
+
+/// A pinned map that was replaced because its definition differed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplacedMap {
+    /// Map name.
+    pub name: String,
+    /// Entries of the old map.
+    pub old_max_entries: u32,
+    /// Entries of the new one.
+    pub new_max_entries: u32,
+}
+
+/// Removes the pins of maps under `maps_dir` whose type, key, value or size differ from the
+/// object's definitions (with `max_revoked` for `REVOKED`), so the loader creates new ones.
+fn replace_mismatched_pins(maps_dir: &Path, max_revoked: u32) -> anyhow::Result<Vec<ReplacedMap>> {
+    let obj = aya_obj::Object::parse(OBJECT).context("parsing the eBPF object")?;
+    let mut replaced = Vec::new();
+    for (name, def) in &obj.maps {
+        let pin = maps_dir.join(name);
+        if def.pinning() != aya_obj::maps::PinningType::ByName || !pin.exists() {
+            continue;
+        }
+        let want = if name == map_names::REVOKED {
+            max_revoked
+        } else {
+            def.max_entries()
+        };
+        let info = MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading the pinned map {}", pin.display()))?;
+        let same = info.map_type().map(|t| t as u32).ok() == Some(def.map_type())
+            && info.key_size() == def.key_size()
+            && info.value_size() == def.value_size()
+            && info.max_entries() == want;
+        if same {
+            continue;
+        }
+        fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        log::warn!(
+            "pinned map {name} ({} entries, key {} B, value {} B) does not match the programs \
+             ({want} entries, key {} B, value {} B): replaced by a new map; the running \
+             programs keep the old one until the new one is filled and they are swapped",
+            info.max_entries(),
+            info.key_size(),
+            info.value_size(),
+            def.key_size(),
+            def.value_size(),
+        );
+        replaced.push(ReplacedMap {
+            name: name.clone(),
+            old_max_entries: info.max_entries(),
+            new_max_entries: want,
+        });
+    }
+    replaced.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(replaced)
 }
 
 /// Everything [`Kernel::load`] opened: the programs and the maps, split by
@@ -190,8 +269,22 @@ fn link_pin(bpffs: &Path, iface: &str, hook: Hook) -> PathBuf {
 }
 
 impl Kernel {
-    /// Loads the programs, creating or reusing the pinned maps under `bpffs`.
+    /// Loads the programs, creating or reusing the pinned maps under `bpffs` (the revoked map
+    /// with its default size).
     pub fn load(bpffs: &Path, kernel_log_level: log::LevelFilter) -> anyhow::Result<Self> {
+        Self::load_with(bpffs, kernel_log_level, LoadOptions::default())
+    }
+
+    /// Loads the programs with `opts`, creating or reusing the pinned maps under `bpffs`; a
+    /// pinned map of another definition is replaced ([`LoadedPrograms::replaced_maps`]).
+    pub fn load_with(
+        bpffs: &Path,
+        kernel_log_level: log::LevelFilter,
+        opts: LoadOptions,
+    ) -> anyhow::Result<Self> {
+        if opts.max_revoked == 0 {
+            bail!("the revoked-token map needs at least one entry");
+        }
         let maps_dir = bpffs.join("maps");
         fs::create_dir_all(&maps_dir)
             .and_then(|()| fs::create_dir_all(bpffs.join("links")))
@@ -201,9 +294,11 @@ impl Kernel {
                     bpffs.display()
                 )
             })?;
+        let replaced = replace_mismatched_pins(&maps_dir, opts.max_revoked)?;
         let level = kernel_log_level as u8;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(map_names::REVOKED, opts.max_revoked)
             .override_global(aya_log::LEVEL, &level, false)
             .load(OBJECT)
             .context("loading the eBPF object (are you root, with bpffs mounted?)")?;
@@ -244,6 +339,7 @@ impl Kernel {
                 counters,
                 iface_slots,
                 links: Vec::new(),
+                replaced,
             },
             maps,
             config,
@@ -271,9 +367,9 @@ impl Kernel {
         self.set_config(&cfg)
     }
 
-    /// Inserts or replaces a revoked token entry.
-    pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
-        Ok(self.maps.insert(MapKind::Tokens, hash, entry)?)
+    /// Inserts or replaces a revoked token entry ([`MapError::Full`] when the map is full).
+    pub fn insert(&mut self, hash: u64, entry: RevokedEntry) -> Result<(), MapError> {
+        self.maps.insert(MapKind::Tokens, hash, entry)
     }
 
     /// Removes a revoked token entry; absent entries are fine.
@@ -281,9 +377,10 @@ impl Kernel {
         Ok(self.maps.remove(MapKind::Tokens, hash)?)
     }
 
-    /// Inserts or replaces a revoked JWS header segment (every token of one signing key).
-    pub fn insert_header(&mut self, hash: u64, entry: RevokedEntry) -> anyhow::Result<()> {
-        Ok(self.maps.insert(MapKind::Headers, hash, entry)?)
+    /// Inserts or replaces a revoked JWS header segment (every token of one signing key;
+    /// [`MapError::Full`] when the map is full).
+    pub fn insert_header(&mut self, hash: u64, entry: RevokedEntry) -> Result<(), MapError> {
+        self.maps.insert(MapKind::Headers, hash, entry)
     }
 
     /// Removes a revoked header segment; absent entries are fine.
@@ -303,6 +400,11 @@ impl Kernel {
 }
 
 impl LoadedPrograms {
+    /// Pinned maps this load replaced because their definition differed.
+    pub fn replaced_maps(&self) -> &[ReplacedMap] {
+        &self.replaced
+    }
+
     /// Takes the hit-event ring buffer (call once).
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
         Ok(RingBuf::try_from(take_map(
@@ -533,4 +635,4 @@ pub fn check_privileges() -> anyhow::Result<()> {
 pub mod maps;
 pub mod slots;
 
-use maps::{AyaConfig, AyaMaps, ConfigMap as _, MapKind, RevocationMaps as _};
+use maps::{AyaConfig, AyaMaps, ConfigMap as _, MapError, MapKind, RevocationMaps as _};

@@ -49,6 +49,32 @@ pub struct EventLine {
     pub source: String,
     /// Server address and port.
     pub destination: String,
+    /// What socket the stack had for the segment ([`socket_name`]): `connection`,
+    /// `handshake` (a request socket), `listener`, `time_wait`, `none` (a spoofed source, or
+    /// a connection already gone).
+    #[serde(default)]
+    pub socket: String,
+}
+
+/// The name of a kernel `SOCKET_*` value in events.
+pub fn socket_name(socket: u32) -> &'static str {
+    use agent_common::event::{
+        SOCKET_ESTABLISHED, SOCKET_LISTENER, SOCKET_NONE, SOCKET_REQUEST, SOCKET_TIME_WAIT,
+    };
+    match socket {
+        SOCKET_ESTABLISHED => "connection",
+        SOCKET_REQUEST => "handshake",
+        SOCKET_LISTENER => "listener",
+        SOCKET_TIME_WAIT => "time_wait",
+        SOCKET_NONE => "none",
+        _ => "unknown",
+    }
+}
+
+/// Whether a socket name from [`socket_name`] means a client stood behind the hit (a
+/// connection or a handshake in progress); `unknown` (not looked up) counts as one.
+pub fn socket_has_connection(name: &str) -> bool {
+    matches!(name, "connection" | "handshake" | "unknown")
 }
 
 /// A revoked token the kernel hits often.

@@ -139,6 +139,33 @@ impl Testbed {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Revokes `token` under its revocation key (`agent_common::hash::revocation_hash` with
+    /// the daemon's key from `<state_dir>/hash.key`: a JWS by its signing input) with
+    /// `revoke --hash`, and returns the JSON reply.
+    pub fn revoke_keyed(&self, token: &str) -> anyhow::Result<serde_json::Value> {
+        let raw = std::fs::read(self.state_dir().join("hash.key"))?;
+        let raw: [u8; 16] = raw
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("hash.key is not 16 bytes"))?;
+        let key = agent_common::hash::HashKey::from_bytes(raw);
+        let hash = agent_common::hash::revocation_hash(&key, token.as_bytes());
+        let out = self.cli(
+            &[
+                "revoke",
+                "--hash",
+                &format!("{hash:016x}"),
+                "--reason",
+                "test",
+                "--json",
+            ],
+            None,
+        );
+        if !out.status.success() {
+            bail!("revoke failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// `tokenwall status --json`.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         let out = self.cli(&["status", "--json"], None);

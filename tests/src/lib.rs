@@ -5,11 +5,16 @@
 pub mod client;
 pub mod daemon;
 pub mod http;
+pub mod jws;
 pub mod legs;
+pub mod model;
 pub mod nginx;
 pub mod nsserver;
 pub mod packet;
+pub mod progs;
 pub mod testbed;
+pub mod wire;
+pub mod xdp_pass;
 
 pub use client::{CurlResult, Req};
 pub use daemon::{Daemon, tokenwall_bin};

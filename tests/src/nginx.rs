@@ -10,6 +10,9 @@ use anyhow::{Context as _, bail};
 
 use crate::testbed::{SERVER_IP4, SERVER_IP6, Testbed};
 
+/// Port of the upload sink `/upload` is proxied to (see [`Testbed::start_upload_sink`]).
+pub const UPLOAD_SINK_PORT: u16 = 9009;
+
 /// A running nginx; killed on drop.
 pub struct Nginx {
     child: Child,
@@ -19,7 +22,8 @@ pub struct Nginx {
 }
 
 impl Testbed {
-    /// Starts nginx answering `200 ok` on `port` and waits until it accepts connections.
+    /// Starts nginx answering `200 ok` on `port` (and proxying `/upload` to the upload sink,
+    /// which reads whole bodies first) and waits until it accepts connections.
     pub fn start_nginx(&self, port: u16) -> anyhow::Result<Nginx> {
         let dir = self.work_dir().join("nginx");
         std::fs::create_dir_all(dir.join("logs"))?;
@@ -41,6 +45,7 @@ http {{
         listen {SERVER_IP4}:{port};
         listen [{SERVER_IP6}]:{port};
         location / {{ return 200 "ok\n"; }}
+        location = /upload {{ proxy_pass http://127.0.0.1:{UPLOAD_SINK_PORT}; }}
     }}
 }}
 "#,

@@ -46,6 +46,8 @@ pub struct Testbed {
     client_if: String,
     work: PathBuf,
     bpffs: PathBuf,
+    /// The client veth's pass-through XDP link (see `crate::xdp_pass`).
+    client_xdp: Option<std::os::fd::OwnedFd>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -74,7 +76,8 @@ fn sweep_stale() {
 
 impl Testbed {
     /// Creates the namespaces, the veth pair (MTU 3000 so a 1,500-byte token fits one segment,
-    /// segmentation offloads off) and the addresses.
+    /// segmentation offloads off, a pass-through XDP program on the client end) and the
+    /// addresses.
     pub fn new() -> anyhow::Result<Self> {
         // SAFETY: geteuid(2) takes nothing and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
@@ -84,13 +87,14 @@ impl Testbed {
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}{n}", pid % 100_000);
-        let tb = Self {
+        let mut tb = Self {
             server_ns: format!("twt-{pid}-{n}-s"),
             client_ns: format!("twt-{pid}-{n}-c"),
             server_if: format!("tws{tag}"),
             client_if: format!("twc{tag}"),
             work: std::env::temp_dir().join(format!("twt-{pid}-{n}")),
             bpffs: PathBuf::from(format!("/sys/fs/bpf/twt-{pid}-{n}")),
+            client_xdp: None,
         };
         std::fs::create_dir_all(&tb.work)?;
         // From here on, Drop cleans up whatever part was made.
@@ -135,6 +139,12 @@ impl Testbed {
                 ],
             );
         }
+        // Like a real NIC, the link delivers what the server's native XDP program sends back
+        // (XDP_TX) at once: a veth does only when its peer has an XDP program.
+        tb.client_xdp = Some(
+            crate::xdp_pass::attach(&tb.client_ns, &tb.client_if)
+                .context("attaching the pass-through XDP program to the client veth")?,
+        );
         Ok(tb)
     }
 
@@ -183,6 +193,7 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        self.client_xdp.take();
         for ns in [&self.server_ns, &self.client_ns] {
             // Kill anything still running inside, then delete the namespace (and its veth end).
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {

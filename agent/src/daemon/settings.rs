@@ -43,6 +43,8 @@ pub const DEFAULT_REFRESH_TTL: u64 = 30 * 24 * 3600;
 pub const DEFAULT_REFRESH_GRACE: u64 = 0;
 /// Default alerts queued for the webhook.
 pub const DEFAULT_ALERT_QUEUE: usize = 256;
+/// Default entries of the kernel's revoked-token map.
+pub const DEFAULT_MAX_REVOKED: u32 = agent_common::REVOKED_MAX_ENTRIES;
 
 /// A switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -110,6 +112,10 @@ pub struct ProcessSettings {
     /// control socket only).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Entries of the kernel's revoked-token map; a pinned map of another size is replaced,
+    /// filled from the store before the programs are swapped [default: 1048576].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_revoked: Option<u32>,
 }
 
 /// Enforcement settings: what the kernel and forward-auth do (`[enforcement]`).
@@ -256,6 +262,10 @@ impl RunSettings {
                 .map_or(Ok(DEFAULT_MAX_CONNECTIONS), usize::try_from)
                 .context("the HTTP connection limit is too large")?,
         )?;
+        let max_revoked = p.max_revoked.unwrap_or(DEFAULT_MAX_REVOKED);
+        if max_revoked == 0 {
+            bail!("the revoked-token map needs at least one entry (max_revoked)");
+        }
         let defaults = AlertRules::default();
         Ok(Resolved {
             ifaces,
@@ -266,6 +276,7 @@ impl RunSettings {
             http,
             http_limits,
             admin_token_file: p.admin_token_file,
+            max_revoked,
             ports,
             action: e.action.unwrap_or(DEFAULT_ACTION).into(),
             api_key_header: e.api_key_header,
@@ -315,6 +326,8 @@ pub struct Resolved {
     pub http_limits: Limits,
     /// Admin credential file.
     pub admin_token_file: Option<PathBuf>,
+    /// Entries of the kernel's revoked-token map.
+    pub max_revoked: u32,
     /// Watched ports.
     pub ports: Vec<u16>,
     /// Kernel action.
@@ -396,6 +409,22 @@ mod tests {
     }
 
     #[test]
+    fn max_revoked_comes_from_the_flag_the_file_or_the_default() {
+        assert_eq!(
+            flags(&["--iface", "e"]).resolve().unwrap().max_revoked,
+            DEFAULT_MAX_REVOKED
+        );
+        let file: RunSettings = toml::from_str("[process]\nmax_revoked = 5000").unwrap();
+        let r = |args: &[&str]| flags(args).over(file.clone()).unwrap().resolve().unwrap();
+        assert_eq!(r(&["--iface", "e"]).max_revoked, 5000);
+        assert_eq!(r(&["--iface", "e", "--max-revoked", "70"]).max_revoked, 70);
+        assert!(Cmd::try_parse_from(["run", "--iface", "e", "--max-revoked", "0"]).is_err());
+        let zero: RunSettings =
+            toml::from_str("[process]\nifaces = [\"e\"]\nmax_revoked = 0").unwrap();
+        assert!(zero.resolve().is_err());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         for text in [
             "htp = 1",
@@ -433,6 +462,7 @@ mod tests {
             format!("[default: {DEFAULT_REFRESH_GRACE}]"),
             format!("[default: {MIN_REFETCH}]"),
             format!("[default: {DEFAULT_ALERT_QUEUE}]"),
+            format!("[default: {DEFAULT_MAX_REVOKED}]"),
             format!("[default: {}]", DEFAULT_HEADER_READ_TIMEOUT.as_secs()),
             format!("[default: {DEFAULT_MAX_CONNECTIONS}]"),
             format!("[default: {}]", AlertRules::default().replay_sources),

@@ -99,6 +99,7 @@ pub fn event_line(ev: &HitEvent) -> EventLine {
         iface: iface_name(ev.ifindex),
         source: addr(&ev.saddr, ev.sport),
         destination: addr(&ev.daddr, ev.dport),
+        socket: crate::monitoring::socket_name(ev.socket).to_string(),
     }
 }
 
@@ -134,10 +135,14 @@ pub async fn forward_events(ring: RingBuf<MapData>, service: Arc<Service>) {
             let mut lifecycle = LifecycleEvent::now(
                 EventKind::KernelHit,
                 Some(line.fingerprint.to_string()),
-                format!("{} on {} ({})", line.action, line.iface, line.matched),
+                format!(
+                    "{} on {} ({}, socket: {})",
+                    line.action, line.iface, line.matched, line.socket
+                ),
             );
             lifecycle.time = line.time.clone();
             lifecycle.source = Some(line.source.clone());
+            lifecycle.socket = Some(line.socket.clone());
             service.monitor.kernel_hit(line, lifecycle);
         }
         guard.clear_ready();

@@ -114,7 +114,9 @@ impl AlertEngine {
         }
         match ev.kind {
             EventKind::KernelHit => {
-                let Some(fp) = &ev.fingerprint else {
+                // Only hits with a client behind them count: a spoofed source must neither
+                // frame a token as stolen nor raise a flood.
+                let Some(fp) = ev.fingerprint.as_ref().filter(|_| ev.from_connection()) else {
                     return out;
                 };
                 if let Some(src) = &ev.source {
@@ -319,7 +321,39 @@ mod tests {
     fn hit(fp: &str, src: &str) -> LifecycleEvent {
         let mut e = LifecycleEvent::now(EventKind::KernelHit, Some(fp.into()), "drop");
         e.source = Some(src.into());
+        e.socket = Some("connection".into());
         e
+    }
+
+    #[test]
+    fn hits_without_a_connection_raise_no_alert() {
+        let rules = AlertRules {
+            hits_per_minute: 2,
+            ..AlertRules::default()
+        };
+        let mut a = AlertEngine::new(rules);
+        for socket in ["none", "listener", "time_wait"] {
+            for ip in 1..=9 {
+                let mut e = hit("s", &format!("198.51.100.{ip}:1"));
+                e.socket = Some(socket.into());
+                assert!(a.observe(&e, 100).is_empty(), "{socket}");
+            }
+        }
+        // The same from real clients (connections and handshakes) fires both rules.
+        let fired: Vec<AlertRule> = (1..=4)
+            .flat_map(|ip| {
+                let mut e = hit("s", &format!("198.51.100.{ip}:1"));
+                if ip % 2 == 0 {
+                    e.socket = Some("handshake".into());
+                }
+                a.observe(&e, 100)
+            })
+            .map(|al| al.rule)
+            .collect();
+        assert_eq!(
+            fired,
+            vec![AlertRule::RevokedTokenFlood, AlertRule::TokenTheft]
+        );
     }
 
     #[test]

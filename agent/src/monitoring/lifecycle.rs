@@ -62,6 +62,9 @@ pub struct LifecycleEvent {
     /// Client address of a kernel hit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// What socket the stack had for a kernel hit ([`crate::monitoring::socket_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 impl LifecycleEvent {
@@ -74,7 +77,17 @@ impl LifecycleEvent {
             jti: None,
             detail: detail.into(),
             source: None,
+            socket: None,
         }
+    }
+
+    /// Whether a client stood behind this kernel hit: a connection or a handshake in progress
+    /// (or the socket is not known). Hits without one, possibly from spoofed sources, are
+    /// counted and streamed but feed no alert and no timeline source.
+    pub fn from_connection(&self) -> bool {
+        self.socket
+            .as_deref()
+            .is_none_or(crate::monitoring::socket_has_connection)
     }
 
     /// With a `jti`.
@@ -172,7 +185,9 @@ impl Timelines {
             EventKind::Unrevoked => t.revoked = None,
             EventKind::KernelHit => {
                 t.kernel_hits += 1;
-                if let Some(s) = &ev.source {
+                if ev.from_connection()
+                    && let Some(s) = &ev.source
+                {
                     t.last_sources.retain(|x| x != s);
                     t.last_sources.push(s.clone());
                     if t.last_sources.len() > MAX_SOURCES {
@@ -275,6 +290,23 @@ mod tests {
         assert_eq!(tl.last_sources.len(), MAX_SOURCES);
         assert_eq!(tl.last_sources.last().unwrap(), "192.0.2.9:1");
         assert!(tl.events.iter().all(|e| e.kind != EventKind::Validated));
+    }
+
+    #[test]
+    fn hits_without_a_connection_are_counted_but_name_no_source() {
+        let mut t = Timelines::default();
+        for (i, socket) in ["none", "listener", "connection", "handshake"]
+            .iter()
+            .enumerate()
+        {
+            let mut hit = ev(EventKind::KernelHit, "bb", "drop");
+            hit.source = Some(format!("198.51.100.{i}:1"));
+            hit.socket = Some((*socket).into());
+            t.apply(&hit);
+        }
+        let tl = t.get("bb").unwrap();
+        assert_eq!(tl.kernel_hits, 4);
+        assert_eq!(tl.last_sources, vec!["198.51.100.2:1", "198.51.100.3:1"]);
     }
 
     #[test]
