@@ -282,7 +282,8 @@ impl Revocations {
 
     /// Records many revocations: every one in the store first, then all into the kernel maps,
     /// so a failure part way never leaves recorded ones out of the kernel, nor later ones
-    /// half done. Returns the entries recorded and whether a map became full.
+    /// half done. Returns the entries newly revoked or extended (hashes already revoked at least
+    /// as long are left out) and whether a map became full.
     pub fn revoke_many(
         &self,
         batch: Vec<Revocation>,
@@ -291,6 +292,7 @@ impl Revocations {
         let total = batch.len();
         let mut recorded = Vec::with_capacity(total);
         for r in batch {
+            let before = st.store.get(r.hash).cloned();
             if let Err(source) = st.store.revoke(r.clone()) {
                 let n = recorded.len();
                 for kept in &recorded {
@@ -302,7 +304,11 @@ impl Revocations {
                     source,
                 });
             }
-            recorded.push(st.store.get(r.hash).cloned().unwrap_or(r));
+            let kept = st.store.get(r.hash).cloned().unwrap_or(r);
+            // Already revoked until at least then: nothing new to record or report.
+            if before.is_none_or(|b| b.expires_at != kept.expires_at) {
+                recorded.push(kept);
+            }
         }
         let mut became_full = false;
         for r in &recorded {

@@ -351,3 +351,72 @@ fn forged_headers_under_a_revoked_kid_learn_nothing_and_the_daemon_restarts() {
     let r = forward_auth(&tb, API, &genuine);
     assert!(revoked(&r), "{r:?}");
 }
+
+/// Sends one control request over the daemon's socket and returns the reply's `data`.
+fn control(tb: &Testbed, req: &Value) -> Value {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(tb.socket()).unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    let reply: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    reply["data"].clone()
+}
+
+#[test]
+fn a_full_kernel_map_keeps_the_daemon_running_and_restarting_and_userspace_refuses_the_overflow() {
+    const SIZE: usize = 1024;
+    let tb = Testbed::new().unwrap();
+    let size = SIZE.to_string();
+    let args = [
+        "--hook",
+        "xdp",
+        "--action",
+        "reset",
+        "--port",
+        "8080",
+        "--http",
+        API,
+        "--max-revoked",
+        &size,
+    ];
+    let mut d = tb.start_daemon(&args).unwrap();
+    let _gw = tb.start_gateway(PORT, API).unwrap();
+    let tokens: Vec<String> = (0..SIZE + 40)
+        .map(|i| format!("tw-full-{i:05}-abcdef"))
+        .collect();
+    let mut in_kernel = 0;
+    for t in &tokens {
+        let r = control(
+            &tb,
+            &json!({ "cmd": "revoke", "token": { "token": t }, "reason": "fill" }),
+        );
+        in_kernel += usize::from(r["in_kernel"] == true);
+    }
+    assert_eq!(in_kernel, SIZE, "the map takes exactly its size");
+    let status = tb.status().unwrap();
+    assert_eq!(status["kernel_overflow"], 40, "{status}");
+    assert_eq!(
+        metric(&tb, "tokenwall_alerts_total{rule=\"kernel_map_full\"}"),
+        1.0
+    );
+    assert_eq!(metric(&tb, "tokenwall_kernel_overflow"), 40.0);
+    let (first, last) = (&tokens[0], tokens.last().unwrap());
+    let check = |t: &str| forward_auth(&tb, API, t);
+    assert!(revoked(&check(last)), "userspace refuses the overflow");
+    // The first is dropped in the kernel; the last reaches the gateway, which refuses it.
+    assert!(gateway_get(&tb, PORT, "/first", Some(first)).was_reset());
+    let r = gateway_get(&tb, PORT, "/last", Some(last));
+    assert_eq!(r.status, 401, "{r:?}");
+    // A restart over the full map starts, reports the same overflow, and still refuses.
+    d.stop();
+    let _d = tb
+        .start_daemon(&args)
+        .expect("the daemon restarts over a full map");
+    let status = tb.status().unwrap();
+    assert_eq!(status["kernel_overflow"], 40, "{status}");
+    assert_eq!(status["kernel_entries"], SIZE as u64, "{status}");
+    assert!(revoked(&check(last)));
+    assert!(gateway_get(&tb, PORT, "/first-again", Some(first)).was_reset());
+}

@@ -190,7 +190,8 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
         ("tokenwall_revocation_to_kernel_seconds_count".into(), 1.0),
         (format!("tokenwall_kernel_revoked_hits_total{iface}"), 4.0),
         (format!("tokenwall_kernel_dropped_total{iface}"), 4.0),
-        ("tokenwall_revoked_entries{where=\"store\"}".into(), 1.0),
+        // The token and the jti rule recorded with it.
+        ("tokenwall_revoked_entries{where=\"store\"}".into(), 2.0),
         ("tokenwall_revoked_entries{where=\"kernel_tokens\"}".into(), 1.0),
         ("tokenwall_cached_tokens".into(), 3.0),
         ("tokenwall_signing_keys{state=\"active\"}".into(), 1.0),
@@ -264,7 +265,8 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
             count("revoked"),
             count("kernel_hit")
         ),
-        (3, 2, 1, 4),
+        // Revoked: the token, and the jti rule recorded with it.
+        (3, 2, 2, 4),
         "{seen}"
     );
     assert_eq!(count("validated"), 0, "passing checks are not streamed");
@@ -313,13 +315,19 @@ fn a_known_sequence_leaves_exact_counters_in_metrics() {
             "kernel_hit"
         ]
     );
-    // The forged token's timeline says why it was refused.
+    // The forged token's timeline says why it was refused. A timeline is kept per fingerprint,
+    // that is per signed content: the forgery shares the one of the token it was made from,
+    // which passed once.
     let out = tb.cli(
         &["tokens", "show", "--token", "-", "--json"],
         Some(forged.as_bytes()),
     );
     let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(t["validations"], json!({ "bad_signature": 1 }), "{t}");
+    assert_eq!(
+        t["validations"],
+        json!({ "ok": 1, "bad_signature": 1 }),
+        "{t}"
+    );
     // What is live and what is revoked.
     let all = tb.cli_json(&["tokens", "list", "--json"]);
     assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
