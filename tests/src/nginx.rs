@@ -17,6 +17,7 @@ pub const UPLOAD_SINK_PORT: u16 = 9009;
 pub struct Nginx {
     child: Child,
     access_log: PathBuf,
+    marker: Marker,
     /// Port it listens on (IPv4 and IPv6 server addresses).
     pub port: u16,
 }
@@ -71,6 +72,7 @@ http {{
             child,
             access_log,
             port,
+            marker: Marker::new(self.server_ns(), port),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -125,9 +127,15 @@ impl Nginx {
         }
     }
 
-    /// Whether `path` is absent from the log after letting nginx settle for 200 ms.
+    /// Whether `path` is absent from the log. nginx first serves a marker request sent after
+    /// everything the test sent (over loopback inside the server namespace, past the kernel
+    /// path), and logs it: what reached nginx before is in the log by then.
     pub fn never_saw(&self, path: &str) -> bool {
-        std::thread::sleep(Duration::from_millis(200));
+        let marker = self.marker.send();
+        assert!(
+            self.saw_path(&marker),
+            "nginx never logged its marker request"
+        );
         !self.logged(path)
     }
 }
@@ -143,6 +151,44 @@ impl Drop for Nginx {
 pub struct Gateway {
     child: Child,
     logs: PathBuf,
+    marker: Marker,
+}
+
+/// Marker requests to an nginx from inside its own namespace, over loopback (so past any kernel
+/// program on the veth), each with a path of its own.
+struct Marker {
+    ns: String,
+    port: u16,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl Marker {
+    fn new(ns: &str, port: u16) -> Self {
+        Self {
+            ns: ns.to_string(),
+            port,
+            next: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Sends one marker request and returns its path (whatever the answer).
+    fn send(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!("/__tw-marker-{n}");
+        let _ = Command::new("nsenter")
+            .args([format!("--net=/run/netns/{}", self.ns), "--".into()])
+            .args([
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                &format!("http://{SERVER_IP4}:{}{path}", self.port),
+            ])
+            .status();
+        path
+    }
 }
 
 /// The shipped example config (tests/gateways/nginx-auth-request.conf).
@@ -194,7 +240,11 @@ impl Testbed {
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx")?;
-        let gw = Gateway { child, logs };
+        let gw = Gateway {
+            child,
+            logs,
+            marker: Marker::new(self.server_ns(), port),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self
@@ -239,9 +289,14 @@ impl Gateway {
         false
     }
 
-    /// Whether `path` is absent from the gateway log after a 200 ms settle.
+    /// Whether `path` is absent from the gateway log, checked once the gateway has logged a
+    /// marker request sent after everything the test sent (see [`Nginx::never_saw`]).
     pub fn never_saw(&self, path: &str) -> bool {
-        std::thread::sleep(Duration::from_millis(200));
+        let marker = self.marker.send();
+        assert!(
+            self.saw_path(&marker),
+            "the gateway never logged its marker request"
+        );
         let needle = format!(" {path} HTTP/");
         !self.log_lines().iter().any(|l| l.contains(&needle))
     }

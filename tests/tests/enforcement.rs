@@ -135,7 +135,7 @@ fn observe_serves_counts_and_streams_the_event() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    tb.wait_for_followers("event_followers", 1);
     assert!(
         tb.get(PORT, "/observed", Some(&bad), false, LONG).ok(),
         "observe must serve"
@@ -272,37 +272,48 @@ fn sigkill_and_restart_keep_the_revoked_token_blocked_throughout() {
     let (tb, nginx, mut d) = setup("xdp", "reset");
     let bad = token("restart", 220);
     tb.revoke(&bad).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = AtomicBool::new(false);
+    let probes = AtomicUsize::new(0);
+    // Waits until the prober has made `n` more probes (each a full request), at most 30 s.
+    let wait_probes = |n: usize| {
+        let target = probes.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while probes.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "the prober stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     let prober = {
-        let stop = stop.clone();
         let tb = &tb;
         let bad = bad.clone();
+        let (stop, probes) = (&stop, &probes);
         std::thread::scope(|s| {
-            let probe_stop = stop.clone();
             let h = s.spawn(move || {
-                let stop = probe_stop;
                 let mut results = Vec::new();
                 let deadline = Instant::now() + Duration::from_secs(30);
-                for i in 0..200 {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > deadline
-                    {
+                // Bounded in count and time; paced so the restart falls among the probes.
+                for i in 0..400 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                         break;
                     }
                     let path = format!("/during-{i}");
                     let r = tb.get(PORT, &path, Some(&bad), false, SHORT);
                     results.push((path, r.was_reset()));
-                    std::thread::sleep(Duration::from_millis(50));
+                    probes.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 results
             });
-            std::thread::sleep(Duration::from_millis(400));
+            // Probes before the kill, while no daemon runs, and after the restart.
+            wait_probes(3);
             d.kill9();
-            std::thread::sleep(Duration::from_millis(800));
+            wait_probes(2);
             let d2 = tb
                 .start_daemon(&["--hook", "xdp", "--action", "reset", "--port", "8080"])
                 .expect("restart");
-            std::thread::sleep(Duration::from_millis(800));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            wait_probes(3);
+            stop.store(true, Ordering::Relaxed);
             (h.join().unwrap(), d2)
         })
     };
@@ -347,12 +358,20 @@ fn expired_revocations_lapse_and_are_purged() {
         tb.get(PORT, "/while-revoked", Some(&t), false, LONG)
             .was_reset()
     );
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        tb.get(PORT, "/after-expiry", Some(&t), false, LONG).ok(),
-        "an expired entry must not block"
-    );
-    assert!(nginx.saw_path("/after-expiry") && nginx.never_saw("/while-revoked"));
+    // Once its time has passed the entry no longer blocks (the kernel compares expiry
+    // itself, before any purge): ask until a request passes, at most 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while !tb
+        .get(PORT, &format!("/after-expiry-{n}"), Some(&t), false, LONG)
+        .ok()
+    {
+        assert!(Instant::now() < deadline, "an expired entry must not block");
+        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let passed = format!("/after-expiry-{n}");
+    assert!(nginx.saw_path(&passed) && nginx.never_saw("/while-revoked"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while tb.status().unwrap()["kernel_entries"] != 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));

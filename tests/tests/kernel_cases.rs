@@ -161,8 +161,26 @@ fn a_flood_of_hits_is_counted_exactly_and_its_events_are_budgeted() {
         sent <= u64::from(EVENTS_PER_WINDOW) * windows,
         "{sent} events in at most {windows} windows"
     );
-    // A single hit afterwards, in a new window, is reported again.
-    std::thread::sleep(std::time::Duration::from_millis(3));
+    // A single hit afterwards, in a new window, is reported again: wait until the boot clock
+    // the kernel budgets by has entered a later window.
+    let boot_ns = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    let window = boot_ns() >> EVENT_WINDOW_SHIFT;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while boot_ns() >> EVENT_WINDOW_SHIFT <= window {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the boot clock stood still"
+        );
+        std::hint::spin_loop();
+    }
     k.test_run(program_names::XDP, &frame, 1).unwrap();
     assert!(events.next().is_some(), "a hit after the flood is reported");
 }

@@ -366,22 +366,36 @@ fn a_new_max_revoked_replaces_the_pinned_map_without_a_gap() {
     assert_eq!(pinned_max_entries(&tb), 1 << 20);
     let bad = "tw-resize-0123456789abcdef";
     tb.revoke(bad).unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = AtomicBool::new(false);
+    let probes = AtomicUsize::new(0);
+    // Waits until the prober has made `n` more probes, at most 30 s.
+    let wait_probes = |n: usize| {
+        let target = probes.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while probes.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "the prober stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     let (results, _d2) = std::thread::scope(|s| {
         let prober = s.spawn(|| {
             let mut results = Vec::new();
-            for i in 0..200 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // Bounded in count and time; paced so the restart falls among the probes.
+            for i in 0..400 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                     break;
                 }
                 let path = format!("/resize-{i}");
                 let r = tb.get(PORT, &path, Some(bad), false, SHORT);
                 results.push((path, r.was_reset()));
-                std::thread::sleep(Duration::from_millis(50));
+                probes.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
             }
             results
         });
-        std::thread::sleep(Duration::from_millis(300));
+        wait_probes(3);
         d.stop();
         let d2 = tb
             .start_daemon(&[
@@ -395,8 +409,8 @@ fn a_new_max_revoked_replaces_the_pinned_map_without_a_gap() {
                 "4096",
             ])
             .expect("restart");
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        wait_probes(3);
+        stop.store(true, Ordering::Relaxed);
         let log = d2.log();
         assert!(log.contains("REVOKED") && log.contains("replaced"), "{log}");
         (prober.join().unwrap(), d2)
