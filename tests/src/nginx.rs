@@ -98,8 +98,18 @@ http {{
 }
 
 impl Nginx {
-    /// Lines of the access log so far.
+    /// Lines of the access log so far (the marker requests of [`Nginx::never_saw`] left out).
     pub fn access_log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains(MARKER_PREFIX))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every line of the access log, markers included.
+    fn raw_lines(&self) -> Vec<String> {
         std::fs::read_to_string(&self.access_log)
             .unwrap_or_default()
             .lines()
@@ -109,7 +119,7 @@ impl Nginx {
 
     fn logged(&self, path: &str) -> bool {
         let needle = format!(" {path} HTTP/");
-        self.access_log_lines().iter().any(|l| l.contains(&needle))
+        self.raw_lines().iter().any(|l| l.contains(&needle))
     }
 
     /// Whether a request for `path` reached nginx. nginx writes the line after it sent the
@@ -154,6 +164,9 @@ pub struct Gateway {
     marker: Marker,
 }
 
+/// Path prefix of marker requests.
+const MARKER_PREFIX: &str = "/__tw-marker-";
+
 /// Marker requests to an nginx from inside its own namespace, over loopback (so past any kernel
 /// program on the veth), each with a path of its own.
 struct Marker {
@@ -174,7 +187,7 @@ impl Marker {
     /// Sends one marker request and returns its path (whatever the answer).
     fn send(&self) -> String {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = format!("/__tw-marker-{n}");
+        let path = format!("{MARKER_PREFIX}{n}");
         let _ = Command::new("nsenter")
             .args([format!("--net=/run/netns/{}", self.ns), "--".into()])
             .args([
@@ -267,8 +280,15 @@ impl Testbed {
 }
 
 impl Gateway {
-    /// Lines of the gateway's access log.
+    /// Lines of the gateway's access log (marker requests left out).
     pub fn log_lines(&self) -> Vec<String> {
+        self.raw_lines()
+            .into_iter()
+            .filter(|l| !l.contains(MARKER_PREFIX))
+            .collect()
+    }
+
+    fn raw_lines(&self) -> Vec<String> {
         std::fs::read_to_string(self.logs.join("gateway.log"))
             .unwrap_or_default()
             .lines()
@@ -281,7 +301,7 @@ impl Gateway {
         let needle = format!(" {path} HTTP/");
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            if self.log_lines().iter().any(|l| l.contains(&needle)) {
+            if self.raw_lines().iter().any(|l| l.contains(&needle)) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
