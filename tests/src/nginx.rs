@@ -98,8 +98,17 @@ http {{
 }
 
 impl Nginx {
-    /// Lines of the access log so far.
+    /// Lines of the access log so far, without the marker requests of [`Nginx::never_saw`].
     pub fn access_log_lines(&self) -> Vec<String> {
+        let marker = format!(" {MARKER_PREFIX}");
+        self.all_log_lines()
+            .into_iter()
+            .filter(|l| !l.contains(&marker))
+            .collect()
+    }
+
+    /// Lines of the access log so far, marker requests included.
+    fn all_log_lines(&self) -> Vec<String> {
         std::fs::read_to_string(&self.access_log)
             .unwrap_or_default()
             .lines()
@@ -109,7 +118,7 @@ impl Nginx {
 
     fn logged(&self, path: &str) -> bool {
         let needle = format!(" {path} HTTP/");
-        self.access_log_lines().iter().any(|l| l.contains(&needle))
+        self.all_log_lines().iter().any(|l| l.contains(&needle))
     }
 
     /// Whether a request for `path` reached nginx. nginx writes the line after it sent the
@@ -154,6 +163,9 @@ pub struct Gateway {
     marker: Marker,
 }
 
+/// Path prefix of the marker requests.
+const MARKER_PREFIX: &str = "/__tw-marker-";
+
 /// Marker requests to an nginx from inside its own namespace, over loopback (so past any kernel
 /// program on the veth), each with a path of its own.
 struct Marker {
@@ -174,7 +186,7 @@ impl Marker {
     /// Sends one marker request and returns its path (whatever the answer).
     fn send(&self) -> String {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = format!("/__tw-marker-{n}");
+        let path = format!("{MARKER_PREFIX}{n}");
         let _ = Command::new("nsenter")
             .args([format!("--net=/run/netns/{}", self.ns), "--".into()])
             .args([
