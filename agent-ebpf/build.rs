@@ -1,3 +1,4 @@
+//! Build script of the eBPF crate: reruns the build when `bpf-linker` changes.
 use which::which;
 
 /// Rebuild the eBPF object when bpf-linker changes (it is not a Cargo dependency).

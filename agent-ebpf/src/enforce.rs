@@ -57,7 +57,9 @@ impl Meter {
         if self.on
             && let Some(v) = COUNTERS.get_ptr_mut(self.base + c as u32)
         {
-            // SAFETY: a valid per-CPU slot of the counter map; only this CPU writes it.
+            // SAFETY: the pointer came from a successful lookup in a per-CPU array: an aligned
+            // u64 of this CPU's copy, valid for this program run, and no other reference to it
+            // is live (runs on one CPU do not interleave, see `Scratch`; none is kept here).
             unsafe { *v += 1 };
         }
     }
@@ -86,8 +88,12 @@ fn report<P: Packet>(
     };
     let ev = entry.as_mut_ptr();
     let words = if flow.v6 { 4 } else { 1 };
-    // SAFETY: `ev` points to a reserved, writable HitEvent in the ring; every field is
-    // written before it is submitted.
+    // SAFETY: `ev` points to a ring-buffer record the kernel reserved with the size of a
+    // `HitEvent` at an 8-byte boundary (`reserve` asserts the alignment suffices), owned by
+    // this program until `submit`: nothing else reads or writes it meanwhile. Fields are
+    // written through raw places, no reference to the unwritten record is made, and the
+    // address words go through `&raw mut` pointers with unaligned stores at offsets 0..16 of
+    // the two 16-byte arrays. Every field is written before the record is submitted.
     unsafe {
         (*ev).time_ns = time_ns.wrapping_add(cfg.clock_offset_ns);
         (*ev).token_hash = hit.hash;
@@ -101,8 +107,8 @@ fn report<P: Packet>(
         (*ev).socket = socket;
         (*ev)._reserved = 0;
         let (saddr, daddr) = (
-            (*ev).saddr.as_mut_ptr() as *mut u32,
-            (*ev).daddr.as_mut_ptr() as *mut u32,
+            &raw mut (*ev).saddr as *mut u32,
+            &raw mut (*ev).daddr as *mut u32,
         );
         for i in 0..4 {
             let (s, d) = if i < words {
@@ -133,7 +139,7 @@ fn act<P: Packet>(
     };
     m.count(Counter::RevokedHits);
     debug!(pkt.ctx(), "revoked token {:x}", hit.hash);
-    // SAFETY: a helper without arguments.
+    // SAFETY: a helper that takes no arguments and touches no memory of the program.
     let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     // Events are budgeted per CPU: under a flood the counters stay exact and each dropped
     // packet does not pay for a ring-buffer record and the reader's cache traffic.
@@ -208,7 +214,8 @@ fn load<P: Packet>(pkt: &P, flow: &Flow, skip: u32, s: &mut Scratch) -> Option<(
     };
     // Launder through map memory so LLVM cannot merge this range check with the one above:
     // the verifier must see a size in [1, SCAN_BUF_LEN] on the register passed to the helper.
-    // SAFETY: volatile accesses to this CPU's scratch slot.
+    // SAFETY: both pointers come from `&mut s.len`, a valid, aligned, initialised u32 of this
+    // CPU's scratch slot that nothing else references meanwhile.
     let len = unsafe {
         core::ptr::write_volatile(&mut s.len, len);
         core::ptr::read_volatile(&s.len)
@@ -216,12 +223,9 @@ fn load<P: Packet>(pkt: &P, flow: &Flow, skip: u32, s: &mut Scratch) -> Option<(
     if len == 0 || len > SCAN_BUF_LEN as u32 {
         return None;
     }
-    pkt.load(
-        flow.payload as u32 + skip,
-        s.words.as_mut_ptr() as *mut u8,
-        len,
-    )
-    .then_some((len, total))
+    let dst = s.bytes_mut().get_mut(..len as usize)?;
+    pkt.load(flow.payload as u32 + skip, dst)
+        .then_some((len, total))
 }
 
 /// Records where the flow's stream is after a passed segment.
@@ -306,7 +310,10 @@ fn before_scan<P: Packet>(pkt: &P) -> Option<(u32, u32)> {
         return None;
     }
     let sp = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot; the program runs to completion on one CPU.
+    // SAFETY: the pointer came from a successful lookup of a per-CPU array: this CPU's
+    // `Scratch`, valid for this program run and used by no other run meanwhile (see
+    // `Scratch`); no other reference to the slot is live while `s` is (the subprograms
+    // called later take their own after this one is dead).
     let s = unsafe { &mut *sp };
     s.meter_base = m.base;
     s.meter_on = u32::from(m.on);
@@ -324,7 +331,9 @@ fn after_scan<P: Packet>(pkt: &P) -> Verdict {
     let (Some(cfg), Some(sp)) = (CONFIG.get(0), SCRATCH.get_ptr_mut(0)) else {
         return Verdict::Pass;
     };
-    // SAFETY: this CPU's scratch slot; the program runs to completion on one CPU.
+    // SAFETY: as in `before_scan`: this CPU's `Scratch` from a successful per-CPU array
+    // lookup, valid for the run, and the only reference to it while `s` lives (`scan` and its
+    // callbacks have returned).
     let s = unsafe { &mut *sp };
     if s.hit == 0 && s.known == 0 && s.end != END_BODY && s.end != END_UNSYNCED {
         // A request boundary and nothing remembered: nothing to do.

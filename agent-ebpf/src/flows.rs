@@ -46,14 +46,18 @@ impl Hint {
 
     #[inline(always)]
     fn is_zero(&self) -> bool {
-        // SAFETY: a valid, aligned u64 of an array map that lives as long as the program (an
-        // aligned 64-bit load is single-copy atomic; the BPF backend has no atomic-load node).
+        // SAFETY: the pointer came from a successful array-map lookup: a valid, aligned u64
+        // that lives as long as the program. Other CPUs change it only with atomic adds, and
+        // an aligned 64-bit load is single-copy atomic (the BPF backend has no atomic-load
+        // node), so this volatile load cannot tear.
         unsafe { core::ptr::read_volatile(self.0) == 0 }
     }
 
     #[inline(always)]
     fn add(&self, n: u64) {
-        // SAFETY: as above; the result is unused, so this is a plain atomic add.
+        // SAFETY: a valid, aligned u64 of the array map (as in `is_zero`), and every
+        // concurrent access to it is atomic; the result is unused, so this lowers to BPF's
+        // plain atomic add.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(self.0, n) };
     }
 }
@@ -68,7 +72,11 @@ pub fn position(key: &FlowKey, seq: u32, payload_len: u32) -> Position {
     if Hint::of(key).is_none_or(|h| h.is_zero()) {
         return fresh;
     }
-    // SAFETY: a lookup; the entry is copied out.
+    // SAFETY: `get` is unsafe because another CPU may update or delete the entry while the
+    // returned reference lives. The element is preallocated map memory (an LRU map), valid
+    // for as long as the program runs even if it is recycled meanwhile; the value is copied
+    // out at once and no reference is kept, and `FlowEntry` is two `u32`s, valid for any
+    // bytes a concurrent update could leave.
     let Some(e) = (unsafe { FLOWS.get(key) }).copied() else {
         return fresh;
     };
@@ -99,6 +107,10 @@ pub fn forget(key: &FlowKey) {
 /// Remembers that the flow's body ends at `body_end`, or (`None`) that its framing was lost.
 /// `known`: the flow already had an entry.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value, the entry moves to another stack slot and the verified code changes"
+)]
 pub fn remember(key: &FlowKey, body_end: Option<u32>, known: bool) {
     let entry = FlowEntry {
         state: if body_end.is_some() {

@@ -10,6 +10,7 @@
 
 mod enforce;
 mod flows;
+mod headers;
 mod packet;
 mod reset;
 mod scan;
@@ -83,7 +84,7 @@ static OPAQUE_OFFSET: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// XDP entry point.
 #[xdp]
-pub fn tokenwall_xdp(ctx: XdpContext) -> u32 {
+fn tokenwall_xdp(ctx: XdpContext) -> u32 {
     match enforce::run(&XdpPacket(&ctx)) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::Rewritten => xdp_action::XDP_PASS,
@@ -93,20 +94,21 @@ pub fn tokenwall_xdp(ctx: XdpContext) -> u32 {
 
 /// TC ingress entry point.
 #[classifier]
-pub fn tokenwall_tc(ctx: TcContext) -> i32 {
+fn tokenwall_tc(ctx: TcContext) -> i32 {
     let pkt = TcPacket(&ctx);
     match enforce::run(&pkt) {
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Rewritten => TC_ACT_OK,
         Verdict::Pass => TC_ACT_UNSPEC,
-        // SAFETY: a helper that only records the target; out of the interface it came in on.
+        // SAFETY: a helper that takes no pointer: it only records the target interface (the
+        // one the packet came in on, egress) for the TC_ACT_REDIRECT it returns.
         Verdict::Bounce => unsafe { bpf_redirect(pkt.ifindex(), 0) as i32 },
     }
 }
 
 /// Does nothing: the benchmark's baseline for per-packet cost ratios.
 #[xdp]
-pub fn tokenwall_baseline(_ctx: XdpContext) -> u32 {
+fn tokenwall_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
@@ -116,6 +118,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The license the kernel checks for GPL-only helpers.
+// SAFETY: `license` is the section the loader reads the license string from, and nothing
+// else in the object is named `LICENSE` or placed there.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -56,6 +56,22 @@ const LENGTH_SEEN: u32 = 1;
 const FRAMING_LOST: u32 = 2;
 
 /// Per-CPU scan state: the payload copy, the cursor and what the steps found.
+///
+/// # Access
+///
+/// The slot is `SCRATCH[0]`, a per-CPU array: a successful lookup gives this CPU's copy, an
+/// aligned `Scratch` valid for the whole program run. A run keeps its CPU (the kernel runs
+/// BPF programs with migration disabled) and, on the XDP and TC paths, runs on one CPU do not
+/// interleave (softirq context), so a run has the slot to itself.
+///
+/// Within a run, the code that holds a reference to the slot and the global functions
+/// (`tw_*`) it calls both reach it: a global BPF function cannot be passed a map-value
+/// pointer, so each one looks the slot up again. The `tw_*` search and parse functions only
+/// read it; `tw_hash_token` writes `key_hash`, `header_hash` and `hashed`, which its caller
+/// reads back through a fresh lookup. These accesses are confined to the calls, which are
+/// `#[inline(never)]` BPF-to-BPF calls that LLVM must assume read and write map memory.
+/// Rust's aliasing model asks more (no `&mut Scratch` live across such a call): the step
+/// functions still hold one, see `step`.
 #[repr(C)]
 pub struct Scratch {
     /// Payload bytes, as aligned words (little-endian byte order).
@@ -121,6 +137,15 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// The payload buffer as bytes, for `Packet::load` to copy into.
+    #[inline(always)]
+    pub fn bytes_mut(&mut self) -> &mut [u8; WORDS * 8] {
+        // SAFETY: `[u64; WORDS]` and `[u8; WORDS * 8]` have the same size, `u8` needs no
+        // alignment, and every byte pattern is a valid `u64` and `u8`; the result reborrows
+        // `self.words` exclusively for its lifetime.
+        unsafe { &mut *(self.words.as_mut_ptr() as *mut [u8; WORDS * 8]) }
+    }
+
     /// Takes one hit event from this CPU's budget for the window of `now_ns`; false when it
     /// is spent.
     #[inline(always)]
@@ -143,7 +168,9 @@ impl Scratch {
         if self.meter_on != 0
             && let Some(v) = COUNTERS.get_ptr_mut(self.meter_base + c as u32)
         {
-            // SAFETY: a valid per-CPU slot of the counter map; only this CPU writes it.
+            // SAFETY: the pointer came from a successful lookup in a per-CPU array: an aligned
+            // u64 of this CPU's copy, valid for this program run, and no other reference to
+            // it is live (runs on one CPU do not interleave; see `Scratch`).
             unsafe { *v += 1 };
         }
     }
@@ -171,7 +198,9 @@ impl Scratch {
 #[inline(always)]
 pub fn launder(v: u32) -> Option<u32> {
     let p = OPAQUE_OFFSET.get_ptr_mut(0)?;
-    // SAFETY: a valid per-CPU map slot; volatile so the store and load are kept.
+    // SAFETY: the pointer came from a successful lookup of a per-CPU array: an aligned u32
+    // of this CPU's copy, valid for the run, and no reference to it exists (every access is
+    // this pair of volatile operations, which keeps the store and the load).
     let v = unsafe {
         core::ptr::write_volatile(p, v);
         core::ptr::read_volatile(p)
@@ -191,13 +220,16 @@ fn line_matches(needle: &HeaderNeedle, p: u32, len: u32, w: [u64; 4]) -> bool {
 
 /// Reads the request line `..e` backward (`agent_common::scan::http::version_tail`); 1 when
 /// it ends in an HTTP version. A global BPF function: verified once, on its own.
+// SAFETY: the `tw_` name is unique in the object, so the unmangled symbol (a global BPF
+// function needs one) clashes with no other.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn tw_version_tail(m: u32, e: u32) -> u32 {
     let Some(s) = SCRATCH.get_ptr(0) else {
         return 0;
     };
-    // SAFETY: this CPU's scratch slot, read only.
+    // SAFETY: this CPU's `Scratch` from a successful per-CPU array lookup, valid for the
+    // run; only read while `s` lives, and this function calls nothing that writes it.
     let s = unsafe { &*s };
     u32::from(version_tail(s, m, e) == Some(true))
 }
@@ -230,7 +262,7 @@ fn version_tail(s: &Scratch, m: u32, e: u32) -> Option<bool> {
     if i <= lo {
         return Some(cut);
     }
-    for sep in [b'.', b'/'] {
+    for sep in *b"./" {
         let j = back_while(s, i, lo, |b| b.is_ascii_digit())?;
         if j <= lo {
             return Some(cut);
@@ -335,6 +367,8 @@ const LENGTH_INVALID: u32 = u32::MAX;
 /// Reads the `Content-Length` value at `v` (`agent_common::scan::http::content_length`);
 /// `LENGTH_INVALID` for anything but a length the kernel follows. A global BPF function:
 /// verified once, on its own.
+// SAFETY: the `tw_` name is unique in the object, so the unmangled symbol (a global BPF
+// function needs one) clashes with no other.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn tw_content_length(v: u32, len: u32) -> u32 {
@@ -347,7 +381,8 @@ pub extern "C" fn tw_content_length(v: u32, len: u32) -> u32 {
     let Some(sp) = SCRATCH.get_ptr(0) else {
         return LENGTH_INVALID;
     };
-    // SAFETY: this CPU's scratch slot, read only.
+    // SAFETY: this CPU's `Scratch` from a successful per-CPU array lookup, valid for the
+    // run; only read while `s` lives (`tw_skip_ows` below also only reads it).
     let s = unsafe { &*sp };
     let mut n: u64 = 0;
     let mut digits = 0;
@@ -450,12 +485,19 @@ fn header_step(s: &mut Scratch, needles: &[HeaderNeedle; 2]) -> i64 {
     next_line(s, p)
 }
 
-/// `bpf_loop` callback: one step; returns 1 to stop the loop.
-unsafe extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
+/// `bpf_loop` callback: one step; returns 1 to stop the loop. It ignores its arguments (the
+/// state is in the scratch slot), so it is safe to call.
+extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
     let (Some(s), Some(cfg)) = (SCRATCH.get_ptr_mut(0), CONFIG.get(0)) else {
         return 1;
     };
-    // SAFETY: this CPU's scratch slot; nothing else holds a reference to it during the loop.
+    // SAFETY: this CPU's `Scratch` from a successful per-CPU array lookup, valid for the
+    // run; `scan`, which calls `bpf_loop`, holds no reference to it, and no other Rust
+    // reference to it is live during the step. The step calls `tw_*` global functions while
+    // `s` is live; they reach the slot through their own lookup, inside the call (see
+    // `Scratch`): the `tw_find_*`/`tw_skip_*`/`tw_version_tail`/`tw_content_length` ones only
+    // read bytes the step does not change meanwhile, and what `tw_hash_token` writes is read
+    // back through a fresh lookup, never through `s`.
     let s = unsafe { &mut *s };
     match s.state {
         STATE_START => start_step(s),
@@ -478,7 +520,9 @@ pub fn scan(len: u32, total: u32) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: this CPU's scratch slot; the program runs to completion on one CPU.
+    // SAFETY: this CPU's `Scratch` from a successful per-CPU array lookup, valid for the
+    // run; the only reference to it (the caller's is dead), and dead before `bpf_loop` runs
+    // the steps, which take their own.
     let s = unsafe { &mut *s };
     s.len = len;
     s.total = total;
@@ -488,6 +532,8 @@ pub fn scan(len: u32, total: u32) {
     s.requests = 0;
     s.end = END_UNSYNCED;
     s.hit = 0;
-    // SAFETY: bpf_loop with a callback the verifier checks; no context pointer is passed.
+    // SAFETY: `step` has the callback signature `bpf_loop` calls (`extern "C" fn(u32, *mut
+    // c_void) -> i64`) and ignores the context argument, which is null; the helper calls it
+    // at most `MAX_STEPS` times on this CPU and touches no other memory of the program.
     unsafe { bpf_loop(MAX_STEPS, step as *mut c_void, null_mut(), 0) };
 }

@@ -61,10 +61,11 @@ pub fn not_ows(w: u64) -> u64 {
 /// the mask as implied by an earlier check the verifier may not have seen on this register.
 #[inline(always)]
 pub fn byte(s: &Scratch, i: u32) -> u8 {
-    // SAFETY: a volatile read of a local.
+    // SAFETY: `&i` is a valid, aligned, initialised local; volatile only to hide its value.
     let i = unsafe { core::ptr::read_volatile(&i) };
     let p = s.words.as_ptr() as *const u8;
-    // SAFETY: the index is masked into the buffer, which is SCAN_BUF_LEN bytes plus padding.
+    // SAFETY: `i & SCAN_MASK` is below `SCAN_BUF_LEN`, inside the `SCAN_BUF_LEN + SCAN_PAD`
+    // bytes of `words` that `s` borrows; any byte of a `u64` is a valid `u8`.
     unsafe { *p.add((i & SCAN_MASK) as usize) }
 }
 
@@ -85,7 +86,7 @@ impl Cursor {
     /// stack so LLVM cannot drop the mask as implied by a check the verifier may not share).
     #[inline(always)]
     pub fn new(s: &Scratch, off: u32) -> Self {
-        // SAFETY: a volatile read of a local.
+        // SAFETY: `&off` is a valid, aligned, initialised local; volatile only to hide its value.
         let off = unsafe { core::ptr::read_volatile(&off) } & SCAN_MASK;
         Self {
             k: off >> 3,
@@ -168,6 +169,8 @@ pub fn dot_or_end(w: u64) -> u64 {
 macro_rules! global_find {
     ($(#[$doc:meta] $name:ident => $flags:ident;)*) => {$(
         #[$doc]
+        // SAFETY: each `tw_` name is unique in the object, so the unmangled symbol (a global
+        // BPF function needs one) clashes with no other.
         #[unsafe(no_mangle)]
         #[inline(never)]
         pub extern "C" fn $name(from: u32, len: u32) -> u32 {
@@ -175,7 +178,8 @@ macro_rules! global_find {
             let Some(s) = SCRATCH.get_ptr(0) else {
                 return len;
             };
-            // SAFETY: this CPU's scratch slot, only read here.
+            // SAFETY: this CPU's `Scratch` from a successful per-CPU array lookup, valid for
+            // the run; only read while `s` lives, and the search calls nothing that writes it.
             let s = unsafe { &*s };
             find(s, from, len, $flags)
         }

@@ -118,13 +118,18 @@ fn key_at(st: &SipState, at: &Stop, start: u32) -> (u64, u32) {
 /// searches are single-exit loops with the offset laundered between them. Writes
 /// `Scratch::key_hash` / `header_hash` / `hashed` (`HASHED_*`) and returns where the line
 /// search resumes (the key's end, or `len`).
+// SAFETY: the `tw_` name is unique in the object, so the unmangled symbol (a global BPF
+// function needs one) clashes with no other.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn tw_hash_token(start: u32, len: u32, want: u32) -> u32 {
     let (Some(sp), Some(cfg)) = (SCRATCH.get_ptr_mut(0), CONFIG.get(0)) else {
         return len;
     };
-    // SAFETY: this CPU's scratch slot; the caller holds no reference across this call.
+    // SAFETY: this CPU's `Scratch` from a successful per-CPU array lookup, valid for the
+    // run; no other reference to it is used while `s` lives (the calling step's `&mut` is not
+    // touched until this returns, and reads these outputs back through a fresh lookup; see
+    // `Scratch`), and nothing called here reaches the slot.
     let s = unsafe { &mut *sp };
     s.hashed = 0;
     let len = if len > SCAN_BUF_LEN as u32 {
@@ -203,7 +208,8 @@ fn hash_token(start: u32, len: u32, header: bool) -> Keys {
             resume: len,
         };
     };
-    // SAFETY: this CPU's scratch slot, read only.
+    // SAFETY: this CPU's `Scratch` from a successful per-CPU array lookup, valid for the
+    // run; only read, and only until the fields are copied out below.
     let s = unsafe { &*sp };
     Keys {
         key: (s.hashed & HASHED_KEY != 0).then_some(s.key_hash),
@@ -214,19 +220,27 @@ fn hash_token(start: u32, len: u32, header: bool) -> Keys {
 
 /// Looks `hash` up in `map`; counts an expired entry. True on a live entry.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value, the key moves to another stack slot and the verified code changes"
+)]
 fn revoked(
     s: &mut Scratch,
     cfg: &Config,
     map: &HashMap<u64, agent_common::revoked::RevokedEntry>,
     hash: u64,
 ) -> bool {
-    // SAFETY: a read-only lookup; the value is copied out before the map can change it.
+    // SAFETY: `get` is unsafe because the agent may update or delete the entry while the
+    // returned reference lives. The element's memory stays valid for the whole run (the
+    // kernel frees hash-map elements after an RCU grace period; an update swaps in a new
+    // element), the value is copied out at once and no reference is kept, and
+    // `RevokedEntry` is plain integers.
     let Some(e) = (unsafe { map.get(&hash) }).copied() else {
         return false;
     };
     if e.expires_at != 0 && s.now == 0 {
         // The wall clock, read only for an entry that can expire.
-        // SAFETY: a helper without arguments.
+        // SAFETY: a helper that takes no arguments and touches no memory of the program.
         let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
         s.now = boot_ns.wrapping_add(cfg.clock_offset_ns) / 1_000_000_000;
     }

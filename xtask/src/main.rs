@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up a machine, build, test, benchmark and demo tokenwall.
 
 mod demo;
+mod safety;
 mod setup;
 
 use std::{
@@ -25,7 +26,8 @@ enum Cmd {
     Setup,
     /// Build target/release/tokenwall with the eBPF object embedded.
     Build,
-    /// Setup, then unit tests and the privileged integration tests.
+    /// Setup, then unit tests (with the SAFETY-comment check of the kernel programs) and the
+    /// privileged integration tests.
     Test {
         /// Extra arguments for the integration tests (e.g. a test name filter).
         #[arg(last = true)]
@@ -100,6 +102,12 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // Both suites always run (and every test binary inside each, --no-fail-fast), so one
     // failure never hides another; the command fails at the end if either did.
     println!("== unit tests");
+    // Every `unsafe` of the kernel programs says why it is sound (see safety.rs).
+    let safety = safety::check(&root().join("agent-ebpf").join("src"));
+    match &safety {
+        Ok(()) => println!("agent-ebpf: every unsafe has a SAFETY comment"),
+        Err(e) => eprintln!("xtask: {e:#}"),
+    }
     let unit = run(cargo().args([
         "test",
         "--no-fail-fast",
@@ -108,7 +116,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "tokenwall-tests",
         "--exclude",
         "agent-ebpf",
-    ]));
+    ]))
+    .and(safety);
     println!("== privileged integration tests (real programs, veth pairs in namespaces, nginx)");
     let privileged = run(cargo()
         .args(["test", "--no-fail-fast", "-p", "tokenwall-tests", "--"])
